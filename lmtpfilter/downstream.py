@@ -1,0 +1,143 @@
+"""Delivery to the final LMTP server: the asyncio shell around :mod:`lmtp_protocol`.
+
+This module only moves bytes and applies timeouts; every protocol decision is made by
+:class:`~lmtpfilter.lmtp_protocol.ClientConnection`. Connections are kept in a small pool so that
+a busy filter does not pay a connect + greeting + LHLO round trip per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from .config import Address, DownstreamConfig
+from .lmtp_protocol import ClientConnection, Envelope, State
+from .reply import DOWNSTREAM_LOST, DOWNSTREAM_TIMEOUT, DOWNSTREAM_UNAVAILABLE, Reply
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+
+
+class _Connection:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, local_name: str
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.protocol = ClientConnection(local_name)
+
+    async def _flush(self, timeout: float) -> None:
+        data = self.protocol.data_to_send()
+        if data:
+            self.writer.writelines(data)
+            await asyncio.wait_for(self.writer.drain(), timeout)
+
+    async def _pump(self, timeout: float, until: str) -> None:
+        """Write what the protocol wants written and feed it replies until `until` holds.
+
+        I/O errors and timeouts are handed to the protocol, which settles whatever is
+        unsettled with a 4xx; this never raises for network trouble.
+        """
+        p = self.protocol
+        try:
+            while p.state is not State.CLOSED and not getattr(p, until):
+                await self._flush(timeout)
+                data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                p.receive_data(data)
+            await self._flush(timeout)
+        except TimeoutError:
+            p.connection_lost(DOWNSTREAM_TIMEOUT)
+        except OSError as exc:
+            p.connection_lost(Reply(451, "4.4.2", f"{DOWNSTREAM_LOST.text}: {exc}"))
+
+    async def handshake(self, timeout: float) -> None:
+        await self._pump(timeout, "ready")
+
+    async def transaction(
+        self, envelope: Envelope, body: Sequence[bytes | memoryview], timeout: float
+    ) -> tuple[list[Reply], bool]:
+        """Run one transaction; returns the results and whether the server replied at all."""
+        self.protocol.start_transaction(envelope, body)
+        await self._pump(timeout, "settled")
+        answered = self.protocol.transaction_started_replies
+        return self.protocol.finish_transaction(), answered
+
+    @property
+    def usable(self) -> bool:
+        return self.protocol.state is State.READY and not self.writer.is_closing()
+
+    def close(self) -> None:
+        if self.protocol.state is State.READY:
+            self.protocol.quit()
+            for chunk in self.protocol.data_to_send():
+                self.writer.write(chunk)
+        self.writer.close()
+
+
+async def _open(address: Address, local_name: str, timeout: float) -> _Connection | Reply:
+    """Connect and greet; a Reply (4xx) says why it failed."""
+    try:
+        if address.is_unix:
+            coro = asyncio.open_unix_connection(address.path, limit=READ_SIZE)
+        else:
+            coro = asyncio.open_connection(address.host, address.port, limit=READ_SIZE)
+        reader, writer = await asyncio.wait_for(coro, timeout)
+    except TimeoutError:
+        return Reply(451, "4.4.1", f"{DOWNSTREAM_UNAVAILABLE.text}: connect timed out")
+    except OSError as exc:
+        return Reply(451, "4.4.1", f"{DOWNSTREAM_UNAVAILABLE.text}: {exc.strerror or exc}")
+    conn = _Connection(reader, writer, local_name)
+    await conn.handshake(timeout)
+    if conn.protocol.state is not State.READY:
+        conn.writer.close()
+        return conn.protocol.failure or DOWNSTREAM_UNAVAILABLE
+    return conn
+
+
+class Downstream:
+    """A pool of LMTP connections to one server, delivering one transaction at a time each."""
+
+    def __init__(self, config: DownstreamConfig, local_name: str) -> None:
+        self.config = config
+        self.local_name = local_name
+        self._idle: list[_Connection] = []
+
+    async def deliver(
+        self, envelope: Envelope, body: Sequence[bytes | memoryview]
+    ) -> list[Reply]:
+        """Deliver one message to `envelope.recipients`; one Reply per recipient, in order.
+
+        Never raises for network or protocol trouble: unsettled recipients get a 4xx.
+        """
+        for _attempt in range(2):
+            conn = self._idle.pop() if self._idle else None
+            cached = conn is not None
+            if conn is None:
+                opened = await _open(self.config.address, self.local_name,
+                                     self.config.connect_timeout)
+                if isinstance(opened, Reply):
+                    return [opened] * len(envelope.recipients)
+                conn = opened
+            results, answered = await conn.transaction(envelope, body, self.config.timeout)
+            if conn.usable and len(self._idle) < self.config.max_idle_connections:
+                self._idle.append(conn)
+            else:
+                conn.close()
+            # A cached connection the server had already closed fails before any reply:
+            # nothing was delivered (the body goes only after 354), so one retry is safe.
+            if cached and not answered:
+                log.debug("downstream: cached connection was closed, retrying on a new one")
+                continue
+            return results
+        return results
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+        for conn in idle:
+            with contextlib.suppress(TimeoutError, OSError):
+                await asyncio.wait_for(conn.writer.wait_closed(), 1.0)

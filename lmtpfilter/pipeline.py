@@ -1,0 +1,143 @@
+"""What happens to a received message: the stages decide per recipient, then delivery.
+
+The LMTP server (``server.py``) only speaks the protocol; once DATA is complete it hands a
+:class:`Transaction` to :meth:`Pipeline.process` and gets back exactly one :class:`Reply` per
+recipient, in RCPT order. In between:
+
+1. each :class:`Stage` (scanners, policy, quarantine — later issues) looks at the transaction
+   and, per recipient, either settles it with a final reply (reject, quarantined, tempfail) or
+   adjusts the :class:`Variant` of the copy that recipient gets (headers to add or remove);
+2. recipients whose variants are equal form one group, and each group is delivered to the
+   downstream LMTP server in one transaction (groups run concurrently);
+3. downstream's per-recipient replies are mapped back in RCPT order.
+
+Whatever goes wrong, each recipient still gets a reply: unsettled ones get 451 4.3.0. A 2xx is
+only ever the downstream server's own 2xx (or, later, a durable quarantine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Protocol
+
+from .downstream import Downstream
+from .lmtp_protocol import Envelope
+from .message import Message, fold
+from .reply import INTERNAL_ERROR, Reply
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Transaction:
+    """One LMTP transaction after the final dot."""
+
+    id: str
+    peer: str  # "ip:port" or "unix"
+    helo: str
+    sender: str
+    mail_params: list[str]
+    recipients: list[str]
+    message: Message
+    received_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one recipient's copy differs from the received message. Hashable: equal variants
+    are delivered in one downstream transaction."""
+
+    add_headers: tuple[bytes, ...] = ()  # raw fields, in order, placed after our Received:
+    remove_headers: frozenset[str] = frozenset()  # lower-case names
+
+    def adding(self, *fields: bytes) -> Variant:
+        return replace(self, add_headers=self.add_headers + fields)
+
+    def removing(self, *names: str) -> Variant:
+        return replace(self, remove_headers=self.remove_headers | {n.lower() for n in names})
+
+
+@dataclass
+class Recipient:
+    """A recipient as the stages see it: its copy, or its final reply once settled."""
+
+    address: str
+    index: int
+    variant: Variant = field(default_factory=Variant)
+    reply: Reply | None = None  # set by a stage that settles the recipient without delivery
+
+    @property
+    def settled(self) -> bool:
+        return self.reply is not None
+
+
+class Stage(Protocol):
+    """One step between "message received" and "deliver these variants to these groups"."""
+
+    async def __call__(self, tx: Transaction, recipients: Sequence[Recipient]) -> None: ...
+
+
+class Pipeline:
+    def __init__(self, downstream: Downstream, hostname: str,
+                 stages: Sequence[Stage] = ()) -> None:
+        self.downstream = downstream
+        self.hostname = hostname
+        self.stages = list(stages)
+
+    async def process(self, tx: Transaction) -> list[Reply]:
+        """One reply per recipient, in RCPT order; never raises (except cancellation)."""
+        recipients = [Recipient(a, i) for i, a in enumerate(tx.recipients)]
+        try:
+            for stage in self.stages:
+                await stage(tx, [r for r in recipients if not r.settled])
+            await self._deliver(tx, recipients)
+        except Exception:
+            log.exception("tx=%s internal error; unsettled recipients get 451", tx.id)
+        replies = [r.reply or INTERNAL_ERROR for r in recipients]
+        log.info("tx=%s from=<%s> size=%d %s", tx.id, tx.sender, len(tx.message.data),
+                 " ".join(f"<{r.address}>={rep.code}" for r, rep in zip(recipients, replies,
+                                                                      strict=True)))
+        return replies
+
+    async def _deliver(self, tx: Transaction, recipients: Sequence[Recipient]) -> None:
+        groups: dict[Variant, list[Recipient]] = {}
+        for r in recipients:
+            if not r.settled:
+                groups.setdefault(r.variant, []).append(r)
+        if not groups:
+            return
+        received = self.received_header(tx)
+        await asyncio.gather(*(
+            self._deliver_group(tx, received, variant, members)
+            for variant, members in groups.items()
+        ))
+
+    async def _deliver_group(self, tx: Transaction, received: bytes, variant: Variant,
+                             members: list[Recipient]) -> None:
+        body = tx.message.copy_with((received, *variant.add_headers), variant.remove_headers)
+        envelope = Envelope(tx.sender, [m.address for m in members], _downstream_params(tx))
+        replies = await self.downstream.deliver(envelope, body)
+        for member, reply in zip(members, replies, strict=True):
+            member.reply = reply
+
+    def received_header(self, tx: Transaction) -> bytes:
+        """Our trace field (RFC 5321 §4.4); "for" only with a single recipient (privacy)."""
+        when = format_datetime(datetime.fromtimestamp(tx.received_at, UTC).astimezone())
+        peer = tx.peer if tx.peer.startswith("unix") else f"[{tx.peer}]"
+        parts = [f"from {tx.helo or 'unknown'} ({peer})", f"by {self.hostname} (lmtpfilter)",
+                 f"with LMTP id {tx.id}"]
+        if len(tx.recipients) == 1:
+            parts.append(f"for <{tx.recipients[0]}>")
+        return fold("Received", " ".join(parts) + f"; {when}")
+
+
+def _downstream_params(tx: Transaction) -> list[str]:
+    """MAIL FROM parameters worth passing on: BODY= (8-bit content). The protocol adds SIZE=
+    and drops what the downstream server did not announce."""
+    return [p for p in tx.mail_params if p.upper().startswith("BODY=")]
