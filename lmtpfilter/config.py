@@ -509,10 +509,10 @@ def from_mapping(data: Mapping[str, Any], source: str = "(mapping)") -> Config:
     """Build a Config from parsed TOML; raise ConfigError naming the first bad key."""
     known = {s.SECTION: s for s in SECTIONS}  # type: ignore[attr-defined]
     for name, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: key {name!r} is outside any [section]")
         if name not in known:
             raise ConfigError(f"{source}: unknown section [{name}]")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: [{name}] must be a table")
     sections: dict[str, Any] = {}
     for name, cls in known.items():
         given = dict(data.get(name, {}))
@@ -584,12 +584,21 @@ def _toml_value(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def format_duration(seconds: float) -> str:
+    """The largest unit that expresses `seconds` exactly: 2592000 -> "30d"."""
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _DURATION_UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 or seconds == 0 else f"{round(seconds * 1000)}ms"
+
+
 def _effective(f: dataclasses.Field[Any], value: object) -> str:
     """Render a parsed value back as TOML a user could write."""
     if f.metadata["parse"] is parse_mode:
         return _toml_value(f"{value:04o}")
     if f.metadata["parse"] is parse_duration:
-        return _toml_value(f"{value:g}s")
+        return _toml_value(format_duration(float(value)))  # type: ignore[arg-type]
     return _toml_value(value)
 
 

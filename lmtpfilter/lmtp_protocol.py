@@ -198,7 +198,8 @@ class ClientConnection:
             if keyword == "BODY" and "8BITMIME" in self.capabilities:
                 out.append(param)
         if "SIZE" in self.capabilities and self._tx is not None:
-            out.append(f"SIZE={sum(len(c) for c in self._tx.body)}")
+            # The message as it will be sent, without the end-of-data marker (RFC 1870).
+            out.append(f"SIZE={sum(len(c) for c in self._tx.body[:-1])}")
         return out
 
     @property

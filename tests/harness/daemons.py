@@ -117,7 +117,7 @@ def _read_text(path: Path) -> str:
         return ""
 
 
-def _first_line(port: int, timeout: float = 2.0) -> bytes:
+def _first_line(port: int, timeout: float = 1.0) -> bytes:
     """Connect to 127.0.0.1:port and return the first line the server sends (b"" on error)."""
     try:
         with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
@@ -137,10 +137,10 @@ def _wait_banners(
     """
     deadline = time.monotonic() + timeout
     while True:
-        if all(_first_line(port).startswith(prefix) for port, prefix in checks):
-            return None
         if not alive():
             return "died"
+        if all(_first_line(port).startswith(prefix) for port, prefix in checks):
+            return None
         if time.monotonic() > deadline:
             return "timeout"
         time.sleep(0.1)
