@@ -47,7 +47,8 @@ class FakeDownstream:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._session, "127.0.0.1", 0,
+                                                  limit=64 * 1024 * 1024)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -129,9 +130,13 @@ class SessionResult:
 
 
 async def _read_reply(reader: asyncio.StreamReader, timeout: float) -> str:
+    """One reply (multi-line joined by newlines); "EOF" if the server closed instead."""
     lines = []
     while True:
-        line = (await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)).decode()
+        try:
+            line = (await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)).decode()
+        except asyncio.IncompleteReadError:
+            return "EOF"
         lines.append(line.rstrip("\r\n"))
         if line[3:4] != "-":
             return "\n".join(lines)
@@ -174,7 +179,10 @@ async def lmtp_session(
             writer.write(body + b".\r\nQUIT\r\n")  # QUIT pipelined right after the dot
             accepted = sum(1 for r in rcpt_replies if r.startswith("2"))
             for _ in range(accepted):
-                data_replies.append(await _read_reply(reader, timeout))
+                reply = await _read_reply(reader, timeout)
+                data_replies.append(reply)
+                if reply == "EOF" or reply.startswith("421"):
+                    break  # the server is gone: Postfix defers whatever was not answered
         else:
             writer.write(b"QUIT\r\n")
         final = await _read_reply(reader, timeout)

@@ -1,0 +1,155 @@
+"""Shared fixtures: the real daemons (tests/harness/daemons.py) and the filter as a process.
+
+Integration tests need Dovecot, Postfix and friends installed (scripts/run-tests.sh installs
+them). Where they are missing the tests are skipped, unless LMTPFILTER_REQUIRE_DAEMONS=1 (set
+by the test script and CI), in which case a missing daemon is a failure, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.daemons import Dovecot, free_port, short_tmpdir, start_dovecot
+
+DAEMONS = ["dovecot", "postfix", "smtp-sink"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = [d for d in DAEMONS if not shutil.which(d, path=os.environ.get("PATH", "")
+                                                       + ":/usr/sbin:/sbin")]
+    if not missing:
+        return
+    if os.environ.get("LMTPFILTER_REQUIRE_DAEMONS") == "1":
+        raise pytest.UsageError(f"daemons required but missing: {', '.join(missing)}")
+    skip = pytest.mark.skip(reason=f"not installed: {', '.join(missing)}")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def daemon_base() -> Iterator[Path]:
+    """A short, world-traversable directory for daemon state and sockets."""
+    path = short_tmpdir("lmtpf-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+USERS = ["user1@example.org", "user2@example.org", "user3@example.org",
+         ("full@example.org", "1K")]
+
+
+@pytest.fixture(scope="session")
+def dovecot(daemon_base: Path) -> Iterator[Dovecot]:
+    dc = start_dovecot(daemon_base, USERS)
+    try:
+        yield dc
+    finally:
+        dc.stop()
+
+
+class FilterProcess:
+    """`lmtpfilter serve` in a subprocess, with its own config file."""
+
+    def __init__(self, workdir: Path, config_text: str, listen: str) -> None:
+        self.workdir = workdir
+        self.listen = listen
+        self.config_path = workdir / "lmtpfilter.toml"
+        self.config_path.write_text(config_text)
+        self.log_path = workdir / "lmtpfilter.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> FilterProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lmtpfilter", "serve", "-c", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lmtpfilter exited early:\n{self.log()}")
+            if self._banner():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"lmtpfilter not answering on {self.listen}:\n{self.log()}")
+
+    def _banner(self) -> bool:
+        try:
+            if self.listen.startswith("unix:"):
+                s = socket.socket(socket.AF_UNIX)
+                s.settimeout(1)
+                s.connect(self.listen[5:])
+            else:
+                host, port = self.listen.rsplit(":", 1)
+                s = socket.create_connection((host, int(port)), timeout=1)
+        except OSError:
+            return False
+        try:
+            return s.recv(100).startswith(b"220")
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def filter_process(daemon_base: Path) -> Iterator[type[FilterProcess]]:
+    """A factory; every process it starts is stopped at teardown."""
+    started: list[FilterProcess] = []
+
+    class Tracked(FilterProcess):
+        def start(self) -> FilterProcess:
+            started.append(self)
+            return super().start()
+
+    yield Tracked
+    for p in started:
+        if p.proc is not None and p.proc.poll() is None:
+            p.stop(signal.SIGKILL)
+
+
+def filter_config(downstream: str, listen: list[str], **extra: str) -> str:
+    """A config file text for a test filter."""
+    listen_toml = ", ".join(f'"{x}"' for x in listen)
+    text = (f'[server]\nlisten = [{listen_toml}]\nhostname = "filter.test"\n'
+            f'socket_mode = "0666"\n'
+            f'[downstream]\naddress = "{downstream}"\ntimeout = "10s"\n')
+    for section, body in extra.items():
+        text += f"[{section}]\n{body}\n"
+    return text
+
+
+def new_workdir(base: Path, name: str) -> Path:
+    path = Path(base) / f"{name}-{free_port()}"
+    path.mkdir(mode=0o755)
+    return path

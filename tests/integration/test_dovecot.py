@@ -1,0 +1,75 @@
+"""lmtpfilter (a real process) in front of a real Dovecot LMTP server."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FilterProcess, filter_config, new_workdir
+from tests.harness.daemons import Dovecot, free_port
+from tests.lmtp_tools import lmtp_session
+
+pytestmark = pytest.mark.integration
+
+CORPUS = Path(__file__).parent.parent / "data" / "messages"
+MANIFEST = tomllib.loads((CORPUS / "MANIFEST.toml").read_text())
+
+
+def assert_stored(stored: bytes, expected: bytes) -> None:
+    """`stored` is Dovecot's headers, then our Received: field, then exactly `expected`."""
+    assert stored.endswith(expected)
+    prefix = stored[: len(stored) - len(expected)]
+    ours = prefix.index(b"Received: from client.example")
+    field = prefix[ours:]
+    assert b"(lmtpfilter)" in field and field.endswith(b"\n")
+    assert all(line[:1] in (b" ", b"\t") for line in field.split(b"\n")[1:-1])
+
+
+def start_filter(factory: type[FilterProcess], base: Path, dovecot: Dovecot) -> FilterProcess:
+    listen = f"127.0.0.1:{free_port()}"
+    workdir = new_workdir(base, "dovecot")
+    return factory(workdir, filter_config(f"127.0.0.1:{dovecot.lmtp_port}", [listen]),
+                   listen).start()
+
+
+async def test_unknown_user_and_quota_in_one_transaction(
+        filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot) -> None:
+    proc = start_filter(filter_process, daemon_base, dovecot)
+    before = {u: len(dovecot.messages(u)) for u in ("user1@example.org", "user2@example.org")}
+    message = (b"From: sender@example.net\r\nTo: several\r\nSubject: one transaction\r\n"
+               b"Message-ID: <one-tx@example.net>\r\n\r\nHello,\r\n.dot line\r\n"
+               + b"Over the 1K quota of full@.\r\n" * 60 + b"Bye\r\n")
+    rcpts = ["user1@example.org", "ghost@example.org", "full@example.org", "user2@example.org"]
+    result = await lmtp_session(proc.listen, "sender@example.net", rcpts, message)
+    assert result.final.startswith("221")
+    codes = [r.split(" ")[0] + " " + r.split(" ")[1] for r in result.data_replies]
+    assert codes == ["250 2.0.0", "550 5.1.1", "552 5.2.2", "250 2.0.0"], result.data_replies
+    for user in ("user1@example.org", "user2@example.org"):
+        stored = dovecot.wait_for_messages(user, before[user] + 1)[-1]
+        assert_stored(stored, message.replace(b"\r\n", b"\n"))
+    assert dovecot.messages("full@example.org") == []
+    assert proc.stop() == 0
+
+
+async def test_corpus_through_dovecot(
+        filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot) -> None:
+    proc = start_filter(filter_process, daemon_base, dovecot)
+    user = "user3@example.org"
+    for name, case in sorted(MANIFEST.items()):
+        original = (CORPUS / name).read_bytes()
+        known = set(dovecot.messages(user))
+        result = await lmtp_session(proc.listen, "s@example.net", [user], original)
+        if case["expect"] != "pass":
+            assert result.data_replies[0].startswith("554 5.6.0"), name
+            continue
+        assert result.data_replies[0].startswith("250 "), (name, result.data_replies)
+        stored = dovecot.wait_for_messages(user, len(known) + 1)
+        new = [m for m in stored if m not in known]
+        assert len(new) == 1, name
+        sent = original if original.endswith(b"\r\n") else original + b"\r\n"
+        expected = re.sub(rb"\r?\n", b"\n", sent)  # Dovecot stores LF line endings
+        assert_stored(new[0], expected)
+    assert proc.stop() == 0

@@ -1,0 +1,68 @@
+"""The production chain: SMTP into a real Postfix -> lmtpfilter on a unix socket -> Dovecot."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FilterProcess, filter_config, new_workdir
+from tests.harness.daemons import Dovecot, Postfix, start_postfix
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def chain(filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot
+          ) -> Iterator[tuple[Postfix, FilterProcess]]:
+    workdir = new_workdir(daemon_base, "chain")
+    listen = f"unix:{workdir}/lmtp.sock"
+    proc = filter_process(workdir, filter_config(f"127.0.0.1:{dovecot.lmtp_port}", [listen]),
+                          listen).start()
+    postfix = start_postfix(workdir, transport=f"lmtp:{listen}",
+                            extra_main_cf={"lmtp_destination_recipient_limit": "50"})
+    try:
+        yield postfix, proc
+    finally:
+        postfix.stop()
+
+
+def test_mail_submitted_to_postfix_lands_in_maildirs(
+        chain: tuple[Postfix, FilterProcess], dovecot: Dovecot) -> None:
+    postfix, proc = chain
+    users = ["user1@example.org", "user2@example.org"]
+    before = {u: len(dovecot.messages(u)) for u in users}
+    body = "Grüße aus Köln.\r\n.leading dot\r\n" + "x" * 200 + "\r\n"
+    message = ("From: sender@example.net\r\nTo: user1@example.org, user2@example.org\r\n"
+               "Subject: through postfix\r\nMessage-ID: <pf-chain@example.net>\r\n"
+               "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+               "Content-Transfer-Encoding: 8bit\r\n\r\n" + body).encode()
+    postfix.send("sender@example.net", users, message)
+    for user in users:
+        stored = dovecot.wait_for_messages(user, before[user] + 1, timeout=20)[-1]
+        assert b"(lmtpfilter)" in stored
+        assert stored.endswith(body.encode().replace(b"\r\n", b"\n"))
+    postfix.wait_queue_empty()
+    log = postfix.maillog()
+    assert "lmtp.sock" in log and "status=sent (250 2.0.0 <user1@example.org>" in log
+    assert proc.stop() == 0
+
+
+def test_filter_down_means_postfix_defers_then_delivers(
+        chain: tuple[Postfix, FilterProcess], dovecot: Dovecot) -> None:
+    postfix, proc = chain
+    assert proc.stop() == 0
+    before = len(dovecot.messages("user3@example.org"))
+    postfix.send("sender@example.net", ["user3@example.org"],
+                 b"Subject: deferred\r\nMessage-ID: <deferred@example.net>\r\n\r\nlater\r\n")
+    deadline = time.monotonic() + 20
+    while "status=deferred" not in postfix.maillog() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "status=deferred" in postfix.maillog()
+    assert len(dovecot.messages("user3@example.org")) == before
+    proc.start()
+    postfix.flush()
+    stored = dovecot.wait_for_messages("user3@example.org", before + 1, timeout=20)
+    assert len(stored) == before + 1 and b"later" in stored[-1]
