@@ -47,8 +47,8 @@ def daemon_base() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-USERS = ["user1@example.org", "user2@example.org", "user3@example.org",
-         ("full@example.org", "1K")]
+USERS: list[str | tuple[str, str | None]] = [
+    "user1@example.org", "user2@example.org", "user3@example.org", ("full@example.org", "1K")]
 
 
 @pytest.fixture(scope="session")

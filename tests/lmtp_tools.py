@@ -71,7 +71,8 @@ class FakeDownstream:
             writer.write(b"".join(line.encode() + b"\r\n" for line in lines))
 
         say("220 fake.example LMTP")
-        sender, rcpts, mail_line = "", [], ""
+        sender, mail_line = "", ""
+        rcpts: list[str] = []
         while True:
             line = (await reader.readuntil(b"\r\n")).decode().rstrip("\r\n")
             verb = line.split(" ")[0].split(":")[0].upper()

@@ -41,7 +41,7 @@ def _verbs(chunks: list[bytes], body: list[bytes]) -> list[str]:
     body_bytes = b"".join(body)
     if body_bytes and body_bytes in data:
         before, after = data.split(body_bytes, 1)
-        return _verbs([before], []) + ["BODY"] + _verbs([after], [])
+        return [*_verbs([before], []), "BODY", *_verbs([after], [])]
     for line in data.split(b"\r\n"):
         if line:
             verbs.append(line.split(b" ")[0].split(b":")[0].decode())

@@ -13,7 +13,13 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from lmtpfilter.pipeline import Recipient, Transaction
-from tests.lmtp_tools import FakeDownstream, SessionResult, lmtp_session, make_config, running_filter
+from tests.lmtp_tools import (
+    FakeDownstream,
+    SessionResult,
+    lmtp_session,
+    make_config,
+    running_filter,
+)
 
 MSG = b"From: a@example.net\r\nSubject: hello\r\n\r\nBody line\r\n"
 RCPTS = ["a@example.org", "b@example.org", "c@example.org"]
@@ -233,9 +239,9 @@ async def test_concurrent_sessions(fake: FakeDownstream) -> None:
 
 async def test_client_vanishing_mid_data_delivers_nothing(fake: FakeDownstream) -> None:
     cfg = make_config(fake.address)
-    async with running_filter(cfg) as (address, server, _):
+    async with running_filter(cfg) as (address, _server, _):
         host, port = address.split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
+        _reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(b"LHLO x\r\nMAIL FROM:<s@x>\r\nRCPT TO:<a@example.org>\r\nDATA\r\n"
                      b"Subject: cut\r\n\r\nhalf a mess")
         await writer.drain()
