@@ -33,7 +33,8 @@ class _Connection:
         data = self.protocol.data_to_send()
         if data:
             self.writer.writelines(data)
-            await asyncio.wait_for(self.writer.drain(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.writer.drain()
 
     async def _pump(self, timeout: float, until: str) -> None:
         """Write what the protocol wants written and feed it replies until `until` holds.
@@ -45,7 +46,8 @@ class _Connection:
         try:
             while p.state is not State.CLOSED and not getattr(p, until):
                 await self._flush(timeout)
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(READ_SIZE)
                 p.receive_data(data)
             await self._flush(timeout)
         except TimeoutError:

@@ -274,3 +274,19 @@ async def test_commands_before_lhlo_and_data_without_rcpt(fake: FakeDownstream) 
     assert helo.startswith(b"500 5.5.2")
     assert mail.startswith(b"250 2.1.0")
     assert data.startswith(b"503 5.5.1")
+
+
+async def test_null_sender_of_bounces_is_passed_on(fake: FakeDownstream) -> None:
+    cfg = make_config(fake.address)
+    async with running_filter(cfg) as (address, _, _):
+        result = await lmtp_session(address, "", ["a@example.org"], MSG)
+    assert result.data_replies[0].startswith("250")
+    assert fake.transactions[0].mail_line.startswith("MAIL FROM:<> ")
+    assert fake.transactions[0].sender == ""
+
+
+async def test_unusual_addresses_use_the_full_parser(fake: FakeDownstream) -> None:
+    rcpts = ['"odd local"@example.org', "user+tag@example.org", "postmaster"]
+    result = await run(fake, recipients=rcpts)
+    assert codes(result) == ["250 2.0.0"] * 3
+    assert fake.transactions[0].recipients == rcpts
