@@ -113,10 +113,15 @@ class Pipeline:
         if not groups:
             return
         received = self.received_header(tx)
-        await asyncio.gather(*(
+        # Wait for every group even if one fails: a group still delivering must not turn
+        # into a 2xx after its recipients were already answered 451.
+        outcomes = await asyncio.gather(*(
             self._deliver_group(tx, received, variant, members)
             for variant, members in groups.items()
-        ))
+        ), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                log.error("tx=%s delivery of a group failed", tx.id, exc_info=outcome)
 
     async def _deliver_group(self, tx: Transaction, received: bytes, variant: Variant,
                              members: list[Recipient]) -> None:

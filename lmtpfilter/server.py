@@ -31,6 +31,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session, syntax
 
+from .addresses import matches
 from .config import Address, Config
 from .message import Message
 from .pipeline import Transaction
@@ -89,6 +90,9 @@ class _Handler:
 
     async def handle_RCPT(self, server: LMTPSession, session: Session, envelope: SmtpEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
+        local = self.app.config.policy.local_domains
+        if local and not matches(address, local):
+            return f"550 5.1.2 <{address}>: Recipient domain is not handled here"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"

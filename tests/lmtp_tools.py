@@ -40,13 +40,18 @@ class FakeDownstream:
     transactions: list[Captured] = field(default_factory=list)
     connections: int = 0
     port: int = 0
+    unix_path: str = ""  # listen on this unix socket instead of TCP
     _server: asyncio.AbstractServer | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"unix:{self.unix_path}" if self.unix_path else f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        if self.unix_path:
+            self._server = await asyncio.start_unix_server(
+                self._session, self.unix_path, limit=64 * 1024 * 1024)
+            return
         self._server = await asyncio.start_server(self._session, "127.0.0.1", 0,
                                                   limit=64 * 1024 * 1024)
         self.port = self._server.sockets[0].getsockname()[1]

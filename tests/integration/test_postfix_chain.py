@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,8 @@ def chain(filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovec
 def test_mail_submitted_to_postfix_lands_in_maildirs(
         chain: tuple[Postfix, FilterProcess], dovecot: Dovecot) -> None:
     postfix, proc = chain
+    socket_path = proc.listen[len("unix:"):]
+    assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o666  # [server].socket_mode
     users = ["user1@example.org", "user2@example.org"]
     before = {u: len(dovecot.messages(u)) for u in users}
     body = "Grüße aus Köln.\r\n.leading dot\r\n" + "x" * 200 + "\r\n"

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import pytest
 
 from lmtpfilter.pipeline import Recipient, Transaction
+from tests.harness.daemons import short_tmpdir
 from tests.lmtp_tools import (
     FakeDownstream,
     SessionResult,
@@ -290,3 +292,23 @@ async def test_unusual_addresses_use_the_full_parser(fake: FakeDownstream) -> No
     result = await run(fake, recipients=rcpts)
     assert codes(result) == ["250 2.0.0"] * 3
     assert fake.transactions[0].recipients == rcpts
+
+
+async def test_downstream_on_a_unix_socket(tmp_path: Path) -> None:
+    fake = FakeDownstream(unix_path=str(short_tmpdir("lmtpf-u") / "lmtp.sock"))
+    await fake.start()
+    try:
+        result = await run(fake)
+    finally:
+        await fake.stop()
+    assert codes(result) == ["250 2.0.0"] * 3
+
+
+async def test_local_domains_checked_at_rcpt(fake: FakeDownstream) -> None:
+    cfg = make_config(fake.address, policy={"local_domains": ["example.org", "@Example.NET"]})
+    rcpts = ["a@example.org", "b@elsewhere.test", "c@EXAMPLE.net"]
+    async with running_filter(cfg) as (address, _, _):
+        result = await lmtp_session(address, "s@x.net", rcpts, MSG)
+    assert result.rcpt_replies[1].startswith("550 5.1.2")
+    assert [r[:3] for r in result.data_replies] == ["250", "250"]
+    assert fake.transactions[0].recipients == ["a@example.org", "c@EXAMPLE.net"]
