@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 def domain_of(address: str) -> str:
     """The domain part, lower-cased; "" for an address without one ("postmaster")."""
-    local, at, domain = address.rpartition("@")
+    _local, at, domain = address.rpartition("@")
     return domain.lower() if at else ""
 
 
@@ -20,5 +20,7 @@ def matches(address: str, entries: Iterable[str]) -> bool:
     """True if `address` is in the list itself or its domain is."""
     addr = address.lower()
     domain = domain_of(addr)
-    wanted = {addr, domain, "@" + domain} if domain else {addr}
+    if not domain:  # "postmaster" alone: entries are addresses or domains, never local parts
+        return False
+    wanted = {addr, domain, "@" + domain}
     return any(entry in wanted for entry in entries)
