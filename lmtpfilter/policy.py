@@ -1,0 +1,166 @@
+"""Per-recipient decisions: a pure function of (scan results, recipient policy).
+
+No I/O, no clock, no database here: :func:`decide` is exhaustively tested with tables
+(tests/data/policy_cases.toml). Precedence (DESIGN §4): virus > spam at kill level > spam at
+tag2 > clean. A scanner failure matters only to recipients whose decision depends on it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import headers as h
+from .addresses import matches
+from .config import PolicyConfig
+from .reply import Reply
+from .scanresult import ScanResult, Status
+
+
+@dataclass(frozen=True)
+class RecipientPolicy:
+    """The [policy] keys as they apply to one recipient (bypass lists already resolved)."""
+
+    tag_level: float = -999.0
+    tag2_level: float = 5.0
+    kill_level: float = 25.0
+    spam_subject_tag: str = "[SPAM] "
+    spam_destiny: str = "discard"  # pass | discard | reject
+    virus_destiny: str = "discard"
+    junk_destiny: str = "junk"  # for the user's Sieve script
+    junk_folder: str = "Junk"
+    bypass_spam_checks: bool = False
+    bypass_virus_checks: bool = False
+    on_scanner_failure: str = "tempfail"  # tempfail | pass
+
+    @classmethod
+    def from_config(cls, p: PolicyConfig, address: str) -> RecipientPolicy:
+        return cls(
+            tag_level=p.tag_level, tag2_level=p.tag2_level, kill_level=p.kill_level,
+            spam_subject_tag=p.spam_subject_tag, spam_destiny=p.spam_destiny,
+            virus_destiny=p.virus_destiny, junk_destiny=p.junk_destiny,
+            junk_folder=p.junk_folder,
+            bypass_spam_checks=matches(address, p.bypass_spam_checks),
+            bypass_virus_checks=matches(address, p.bypass_virus_checks),
+            on_scanner_failure=p.on_scanner_failure,
+        )
+
+
+class PolicySource(Protocol):
+    """Where recipient policies come from: the config now, per-user DB overrides later."""
+
+    async def lookup(self, addresses: Iterable[str]) -> dict[str, RecipientPolicy]: ...
+
+
+class ConfigPolicies:
+    """Every recipient gets [policy] (with the bypass lists applied)."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+
+    async def lookup(self, addresses: Iterable[str]) -> dict[str, RecipientPolicy]:
+        return {a: RecipientPolicy.from_config(self.config, a) for a in addresses}
+
+
+class Action(enum.Enum):
+    DELIVER = "deliver"
+    DISCARD = "discard"  # not delivered; quarantined; the recipient gets 250 2.7.0
+    REJECT = "reject"  # not delivered; 5xx
+    TEMPFAIL = "tempfail"  # not delivered; 4xx, Postfix retries
+
+
+class Category(enum.Enum):
+    """amavis's "contents category", for records and reports."""
+
+    CLEAN = "clean"
+    SPAMMY = "spammy"  # at or above tag2
+    SPAM = "spam"  # at or above kill
+    VIRUS = "virus"
+    UNCHECKED = "unchecked"  # a scanner failed and policy let it through
+
+    def __ge__(self, other: Category) -> bool:
+        return _RANK[self] >= _RANK[other]
+
+
+_RANK = {Category.CLEAN: 0, Category.UNCHECKED: 1, Category.SPAMMY: 2, Category.SPAM: 3,
+         Category.VIRUS: 4}
+
+
+def _worst(a: Category, b: Category) -> Category:
+    return a if a >= b else b
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    category: Category
+    reply: Reply | None = None  # for REJECT and TEMPFAIL (DISCARD gets its reply once safe)
+    add_headers: tuple[bytes, ...] = ()
+    subject_tag: str = ""
+
+    @property
+    def quarantine(self) -> bool:
+        """Virus or kill-level spam that is not delivered keeps a copy (DESIGN §5)."""
+        return self.action in (Action.DISCARD, Action.REJECT) and self.category in (
+            Category.VIRUS, Category.SPAM)
+
+
+VIRUS_TEMPFAIL = Reply(451, "4.7.1", "Virus scan failed, please try again later")
+SPAM_TEMPFAIL = Reply(451, "4.7.1", "Spam scan failed, please try again later")
+SPAM_REJECT = Reply(550, "5.7.1", "Message rejected as spam")
+
+
+def virus_reject(names: Iterable[str]) -> Reply:
+    return Reply(550, "5.7.1", f"virus found: {', '.join(names)}")
+
+
+def decide(scan: ScanResult, policy: RecipientPolicy, x_header_line: str) -> Decision:
+    """What happens to the message for one recipient, and the headers of its copy."""
+    virus, spam = scan.virus, scan.spam
+    fields: list[bytes] = []
+    category = Category.CLEAN
+
+    # 1. Viruses first.
+    if not policy.bypass_virus_checks:
+        if virus.status is Status.ERROR:
+            if policy.on_scanner_failure == "tempfail":
+                return Decision(Action.TEMPFAIL, Category.UNCHECKED, VIRUS_TEMPFAIL)
+            category = Category.UNCHECKED
+        elif virus.status is Status.INFECTED:
+            if policy.virus_destiny == "reject":
+                return Decision(Action.REJECT, Category.VIRUS, virus_reject(virus.names))
+            if policy.virus_destiny == "discard":
+                return Decision(Action.DISCARD, Category.VIRUS)
+            category = Category.VIRUS
+            fields.append(h.virus_status(virus.names))
+    if virus.status in (Status.CLEAN, Status.INFECTED):
+        fields.insert(0, h.virus_scanned(x_header_line))
+
+    # 2. Then spam.
+    subject_tag = ""
+    if not policy.bypass_spam_checks:
+        if spam.status is Status.ERROR:
+            if policy.on_scanner_failure == "tempfail":
+                return Decision(Action.TEMPFAIL, Category.UNCHECKED, SPAM_TEMPFAIL)
+            fields += h.skipped_fields("scanner unavailable")
+            category = _worst(category, Category.UNCHECKED)
+        elif spam.status is Status.SKIPPED:
+            fields += h.skipped_fields("message too large")
+        elif spam.status is Status.SCORED:
+            score = spam.score
+            is_spam = score >= policy.tag2_level
+            if score >= policy.kill_level:
+                if policy.spam_destiny == "reject":
+                    return Decision(Action.REJECT, Category.SPAM, SPAM_REJECT)
+                if policy.spam_destiny == "discard":
+                    return Decision(Action.DISCARD, Category.SPAM)
+            if score >= policy.tag_level:
+                fields += h.spam_fields(is_spam, score, policy.tag_level, policy.tag2_level,
+                                        spam.rules)
+            if is_spam:
+                subject_tag = policy.spam_subject_tag
+                category = _worst(category, Category.SPAM if score >= policy.kill_level
+                                  else Category.SPAMMY)
+    return Decision(Action.DELIVER, category, None, tuple(fields), subject_tag)

@@ -1,0 +1,78 @@
+"""lmtpfilter.policy.decide as a table (tests/data/policy_cases.toml)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmtpfilter.config import PolicyConfig
+from lmtpfilter.policy import Action, Category, RecipientPolicy, decide
+from lmtpfilter.scanresult import ScanResult, SpamResult, Status, VirusResult
+
+CASES = tomllib.loads(
+    (Path(__file__).parent.parent / "data" / "policy_cases.toml").read_text())["case"]
+
+
+def virus(spec: str) -> VirusResult:
+    kind, _, names = spec.partition(":")
+    status = {"clean": Status.CLEAN, "infected": Status.INFECTED, "error": Status.ERROR,
+              "disabled": Status.DISABLED}[kind]
+    return VirusResult(status, tuple(names.split(",")) if names else ())
+
+
+def spam(spec: str) -> SpamResult:
+    kind, _, score = spec.partition(":")
+    if kind == "scored":
+        s = float(score)
+        return SpamResult(Status.SCORED, s, 5.0, (("GTUBE", s), ("NO_RECEIVED", -0.001)))
+    return SpamResult({"error": Status.ERROR, "skipped": Status.SKIPPED,
+                       "disabled": Status.DISABLED}[kind])
+
+
+def unfold(field: bytes) -> str:
+    return re.sub(r"\r\n[ \t]+", " ", field.decode())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_decide(case: dict[str, Any]) -> None:
+    policy = RecipientPolicy(**case.get("policy", {}))
+    decision = decide(ScanResult(virus(case["virus"]), spam(case["spam"])), policy,
+                      "lmtpfilter at mx.test")
+    expect = case["expect"]
+    assert decision.action is Action(expect["action"])
+    assert decision.category is Category(expect["category"])
+    if "reply" in expect:
+        assert decision.reply is not None and decision.reply.line().startswith(expect["reply"])
+    elif decision.action is Action.DELIVER:
+        assert decision.reply is None
+    if "headers" in expect:
+        assert [unfold(f) for f in decision.add_headers] == expect["headers"]
+    if "subject_tag" in expect:
+        assert decision.subject_tag == expect["subject_tag"]
+    if "quarantine" in expect:
+        assert decision.quarantine is expect["quarantine"]
+    if decision.action is not Action.DELIVER:
+        assert decision.add_headers == () and decision.subject_tag == ""
+
+
+def test_folded_status_lines_stay_short() -> None:
+    rules = tuple((f"RULE_NUMBER_{i}", 0.5) for i in range(30))
+    decision = decide(ScanResult(VirusResult(Status.CLEAN), SpamResult(Status.SCORED, 15, 5,
+                                                                        rules)),
+                      RecipientPolicy(), "x")
+    status = next(f for f in decision.add_headers if f.startswith(b"X-Spam-Status"))
+    assert all(len(line) <= 78 for line in status.split(b"\r\n"))
+    assert status.count(b"\r\n\t") >= 5
+
+
+def test_from_config_resolves_bypass_lists() -> None:
+    cfg = PolicyConfig(bypass_spam_checks=("@example.org",),
+                       bypass_virus_checks=("abuse@example.net",))
+    a = RecipientPolicy.from_config(cfg, "Someone@Example.org")
+    b = RecipientPolicy.from_config(cfg, "abuse@example.net")
+    assert (a.bypass_spam_checks, a.bypass_virus_checks) == (True, False)
+    assert (b.bypass_spam_checks, b.bypass_virus_checks) == (False, True)
