@@ -94,21 +94,39 @@ class Message:
         first = self.data.find(b"\n")
         return b"\r\n" if first > 0 and self.data[first - 1: first] == b"\r" else b"\n"
 
-    def copy_with(self, add_on_top: Iterable[bytes], remove: frozenset[str] = frozenset()
-                  ) -> list[bytes | memoryview]:
+    def copy_with(self, add_on_top: Iterable[bytes], remove: frozenset[str] = frozenset(),
+                  subject_tag: bytes = b"") -> list[bytes | memoryview]:
         """A delivered copy: added fields (raw, without line ending), then the original
-        fields minus the removed names, then the body; as chunks starting at line starts.
+        fields minus the removed names (with the Subject tagged if asked), then the body;
+        as chunks that each start at a line start. The body is never copied.
         """
         eol = self.line_ending
-        top = b"".join(h + eol for h in add_on_top)
-        if remove:
-            kept = b"".join(f.raw for f in self.fields if f.key not in remove)
+        added = list(add_on_top)
+        if subject_tag and self.get("subject") is None:
+            added.append(b"Subject: " + subject_tag.rstrip(b" "))
+        top = b"".join(h + eol for h in added)
+        if remove or subject_tag:
+            kept = b"".join(
+                _tag_subject(f.raw, subject_tag) if subject_tag and f.key == "subject" else f.raw
+                for f in self.fields if f.key not in remove)
             header = top + kept
         else:
             header = top + self.header_block
         if self.body_offset == len(self.data) and self.data and not self.data.endswith(b"\n"):
             header += eol  # a header block that ended without a line ending
         return [header, self.body]
+
+
+def _tag_subject(raw: bytes, tag: bytes) -> bytes:
+    """Put `tag` in front of a Subject field's value, keeping the rest byte for byte.
+
+    An RFC 2047 encoded-word after it stays valid: it is separated by the tag's space.
+    """
+    colon = raw.index(b":")
+    value = raw[colon + 1:].lstrip(b" \t")
+    if value.startswith(tag.rstrip(b" ")):  # already tagged (a message filtered twice)
+        return raw
+    return raw[: colon + 1] + b" " + tag + value
 
 
 def fold(name: str, value: str, width: int = 78) -> bytes:

@@ -24,12 +24,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .downstream import Downstream
 from .lmtp_protocol import Envelope
 from .message import Message, fold
 from .reply import INTERNAL_ERROR, Reply
+from .scanresult import ScanResult
+
+if TYPE_CHECKING:
+    from .policy import Decision, RecipientPolicy
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class Transaction:
     recipients: list[str]
     message: Message
     received_at: float = field(default_factory=time.time)
+    scan: ScanResult | None = None  # set by the filter stage: the message is scanned once
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Variant:
 
     add_headers: tuple[bytes, ...] = ()  # raw fields, in order, placed after our Received:
     remove_headers: frozenset[str] = frozenset()  # lower-case names
+    subject_tag: bytes = b""  # put in front of the Subject (already RFC 2047-encoded)
 
     def adding(self, *fields: bytes) -> Variant:
         return replace(self, add_headers=self.add_headers + fields)
@@ -71,6 +77,8 @@ class Recipient:
     index: int
     variant: Variant = field(default_factory=Variant)
     reply: Reply | None = None  # set by a stage that settles the recipient without delivery
+    policy: RecipientPolicy | None = None  # the policy that applied (for records)
+    decision: Decision | None = None  # what the filter decided (for records)
 
     @property
     def settled(self) -> bool:
@@ -125,7 +133,8 @@ class Pipeline:
 
     async def _deliver_group(self, tx: Transaction, received: bytes, variant: Variant,
                              members: list[Recipient]) -> None:
-        body = tx.message.copy_with((received, *variant.add_headers), variant.remove_headers)
+        body = tx.message.copy_with((received, *variant.add_headers), variant.remove_headers,
+                                    variant.subject_tag)
         envelope = Envelope(tx.sender, [m.address for m in members], _downstream_params(tx))
         replies = await self.downstream.deliver(envelope, body)
         for member, reply in zip(members, replies, strict=True):

@@ -139,14 +139,19 @@ def filter_process(daemon_base: Path) -> Iterator[type[FilterProcess]]:
 
 
 def filter_config(downstream: str, listen: list[str], **extra: str) -> str:
-    """A config file text for a test filter."""
+    """A config file text for a test filter; scanners are off unless `extra` sets them."""
     listen_toml = ", ".join(f'"{x}"' for x in listen)
-    text = (f'[server]\nlisten = [{listen_toml}]\nhostname = "filter.test"\n'
-            f'socket_mode = "0666"\n'
-            f'[downstream]\naddress = "{downstream}"\ntimeout = "10s"\n')
+    sections = {
+        "server": f'listen = [{listen_toml}]\nhostname = "filter.test"\nsocket_mode = "0666"',
+        "downstream": f'address = "{downstream}"\ntimeout = "10s"',
+        "clamav": "enabled = false",
+        "spamassassin": "enabled = false",
+    }
     for section, body in extra.items():
-        text += f"[{section}]\n{body}\n"
-    return text
+        sections[section] = (sections[section] + "\n" + body) if section in ("server",
+                                                                              "downstream") \
+            else body
+    return "".join(f"[{name}]\n{body}\n" for name, body in sections.items())
 
 
 def new_workdir(base: Path, name: str) -> Path:

@@ -20,8 +20,8 @@ MSG = b"Subject: shutdown\r\n\r\nbody\r\n"
 async def _start(factory: type[FilterProcess], base: Path, fake: FakeDownstream,
                  shutdown_timeout: str) -> FilterProcess:
     listen = f"127.0.0.1:{free_port()}"
-    text = filter_config(fake.address, [listen]).replace(
-        "[downstream]", f'shutdown_timeout = "{shutdown_timeout}"\n[downstream]')
+    text = filter_config(fake.address, [listen],
+                         server=f'shutdown_timeout = "{shutdown_timeout}"')
     proc = factory(new_workdir(base, "term"), text, listen)
     await asyncio.to_thread(proc.start)
     return proc

@@ -1,0 +1,90 @@
+"""The filter stage: policies looked up, the message scanned once, a decision per recipient.
+
+Only the scans some recipient needs are run (a recipient that bypasses virus checks does not
+need clamd), and clamd and spamd run in parallel. Each recipient then gets
+:func:`~lmtpfilter.policy.decide`'s verdict: its copy's headers, or a final reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from .headers import encode_tag, is_forgeable
+from .pipeline import Recipient, Transaction
+from .policy import SPAM_REJECT, Action, Category, Decision, PolicySource, decide, virus_reject
+from .reply import Reply
+from .scanresult import ScanResult, SpamResult, Status, VirusResult
+
+log = logging.getLogger(__name__)
+
+
+class VirusScanner(Protocol):
+    async def scan(self, data: bytes) -> VirusResult: ...
+
+
+class SpamScanner(Protocol):
+    async def check(self, data: bytes) -> SpamResult: ...
+
+
+class FilterStage:
+    def __init__(self, policies: PolicySource, clamd: VirusScanner | None,
+                 spamd: SpamScanner | None, x_header_line: str) -> None:
+        self.policies = policies
+        self.clamd = clamd
+        self.spamd = spamd
+        self.x_header_line = x_header_line
+
+    async def __call__(self, tx: Transaction, recipients: Sequence[Recipient]) -> None:
+        if not recipients:
+            return
+        policies = await self.policies.lookup(r.address for r in recipients)
+        need_virus = any(not p.bypass_virus_checks for p in policies.values())
+        need_spam = any(not p.bypass_spam_checks for p in policies.values())
+        tx.scan = await self.scan(tx.message.data, need_virus, need_spam)
+        if tx.scan.virus.status is Status.ERROR or tx.scan.spam.status is Status.ERROR:
+            log.warning("tx=%s scanner failure: %s", tx.id,
+                        "; ".join(e for e in (tx.scan.virus.error, tx.scan.spam.error) if e))
+        # A sender must not be able to forge a verdict: our headers replace theirs.
+        forged = frozenset(f.key for f in tx.message.fields if is_forgeable(f.key))
+        for r in recipients:
+            r.policy = policies[r.address]
+            r.decision = decide(tx.scan, r.policy, self.x_header_line)
+            self.apply(r, r.decision, forged, tx.scan)
+
+    async def scan(self, data: bytes, need_virus: bool, need_spam: bool) -> ScanResult:
+        async def virus() -> VirusResult:
+            if self.clamd is None or not need_virus:
+                return VirusResult(Status.DISABLED)
+            return await self.clamd.scan(data)
+
+        async def spam() -> SpamResult:
+            if self.spamd is None or not need_spam:
+                return SpamResult(Status.DISABLED)
+            return await self.spamd.check(data)
+
+        v, s = await asyncio.gather(virus(), spam())
+        return ScanResult(v, s)
+
+    @staticmethod
+    def apply(r: Recipient, decision: Decision, forged: frozenset[str], scan: ScanResult
+              ) -> None:
+        if decision.action is Action.DELIVER:
+            r.variant = r.variant.adding(*decision.add_headers).removing(*forged)
+            if decision.subject_tag:
+                r.variant = replace(r.variant, subject_tag=encode_tag(decision.subject_tag))
+        elif decision.action is Action.DISCARD:
+            # Until the quarantine exists (issue 4), "discard" cannot keep a copy, and a
+            # 250 without a durable copy would lose the message: it is refused instead.
+            r.reply = discard_as_reject(decision, scan)
+        else:
+            r.reply = decision.reply
+
+
+def discard_as_reject(decision: Decision, scan: ScanResult) -> Reply:
+    if decision.category is Category.VIRUS:
+        return virus_reject(scan.virus.names)
+    return SPAM_REJECT
