@@ -14,7 +14,13 @@ import pytest
 from lmtpfilter.filtering import FilterStage
 from lmtpfilter.policy import RecipientPolicy
 from lmtpfilter.scanresult import SpamResult, Status, VirusResult
-from tests.lmtp_tools import FakeDownstream, SessionResult, lmtp_session, make_config, running_filter
+from tests.lmtp_tools import (
+    FakeDownstream,
+    SessionResult,
+    lmtp_session,
+    make_config,
+    running_filter,
+)
 
 CORPUS = Path(__file__).parent.parent / "data" / "messages"
 HAM = b"From: a@example.net\r\nSubject: hello\r\n\r\nBody\r\n"
