@@ -14,6 +14,7 @@ PREFIX=${LMTPFILTER_PREFIX:-/opt/lmtpfilter}
 FILTER_PORT=10024          # where you (or Postfix) talk LMTP to lmtpfilter
 DOVECOT_LMTP_PORT=11024    # the sandbox's final delivery server
 DOVECOT_SIEVE_PORT=11190
+SPAMD_PORT=11783
 USERS=(alice@example.org bob@example.org)
 
 stop_pidfile() {
@@ -30,6 +31,8 @@ stop_pidfile() {
 down() {
   stop_pidfile "$ROOT/lmtpfilter.pid"
   stop_pidfile "$ROOT/dovecot/run/master.pid"
+  stop_pidfile "$ROOT/clamd/clamd.pid"
+  stop_pidfile "$ROOT/spamd/spamd.pid"
   echo "sandbox stopped (state kept in $ROOT)"
 }
 
@@ -100,6 +103,70 @@ CONF
   wait_banner "$DOVECOT_LMTP_PORT" 220
 }
 
+start_clamd() {
+  # No signatures can be downloaded in a sandbox: a tiny DB of our own detects the EICAR
+  # test string and the files of the clamav-testfiles package.
+  local d=$ROOT/clamd eicar
+  mkdir -p "$d/db" "$d/tmp"
+  eicar='X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*'
+  printf 'Eicar-Test-Signature:0:*:%s\n' "$(printf '%s' "$eicar" | od -An -tx1 -v | tr -d ' \n')" \
+    > "$d/db/sandbox.ndb"
+  printf '%s:%s:Clamav.Test.File-6\n' \
+    "$(md5sum < /usr/share/clamav-testfiles/clam.exe | cut -d' ' -f1)" \
+    "$(stat -c %s /usr/share/clamav-testfiles/clam.exe)" > "$d/db/sandbox.hdb"
+  cat > "$d/clamd.conf" <<CONF
+Foreground yes
+PidFile $d/clamd.pid
+LogFile $d/clamd.log
+TemporaryDirectory $d/tmp
+DatabaseDirectory $d/db
+LocalSocket $d/clamd.sock
+LocalSocketMode 666
+FixStaleSocket yes
+StreamMaxLength 50M
+SelfCheck 0
+Bytecode no
+AlertExceedsMax yes
+MaxRecursion 40
+CONF
+  setsid clamd -c "$d/clamd.conf" > "$d/stdout" 2>&1 < /dev/null &
+  for _ in $(seq 300); do
+    clamdscan --config-file="$d/clamd.conf" --ping 1 > /dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "clamd did not start; see $d/clamd.log" >&2
+  return 1
+}
+
+start_spamd() {
+  local d=$ROOT/spamd
+  mkdir -p "$d/site" "$d/home"
+  chown nobody "$d/home"
+  cp /etc/spamassassin/*.pre "$d/site/"
+  cat > "$d/site/local.cf" <<'CONF'
+# sandbox: no network tests, no learning
+use_bayes 0
+bayes_auto_learn 0
+skip_rbl_checks 1
+dns_available no
+ifplugin Mail::SpamAssassin::Plugin::AWL
+use_auto_whitelist 0
+endif
+ifplugin Mail::SpamAssassin::Plugin::TxRep
+use_txrep 0
+endif
+CONF
+  setsid spamd -C /usr/share/spamassassin --siteconfigpath="$d/site" -L -x -u nobody \
+    -H "$d/home" -i "127.0.0.1:$SPAMD_PORT" -A 127.0.0.1 --min-children=2 --max-children=2 \
+    -r "$d/spamd.pid" -s "$d/spamd.log" > "$d/stderr" 2>&1 < /dev/null &
+  for _ in $(seq 600); do
+    spamc -d 127.0.0.1 -p "$SPAMD_PORT" -K > /dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "spamd did not start; see $d/stderr" >&2
+  return 1
+}
+
 start_filter() {
   cat > "$ROOT/lmtpfilter.toml" <<CONF
 # lmtpfilter sandbox configuration; every key: lmtpfilter check-config --reference
@@ -109,6 +176,18 @@ hostname = "filter.sandbox.example"
 
 [downstream]
 address = "127.0.0.1:$DOVECOT_LMTP_PORT"
+
+[clamav]
+address = "unix:$ROOT/clamd/clamd.sock"
+
+[spamassassin]
+address = "127.0.0.1:$SPAMD_PORT"
+
+[policy]
+tag2_level = 5.0
+kill_level = 25.0
+spam_destiny = "pass"        # GTUBE scores 1000: delivered tagged, so you can look at it
+virus_destiny = "reject"
 CONF
   "$PREFIX/venv/bin/lmtpfilter" check-config -c "$ROOT/lmtpfilter.toml" > /dev/null
   setsid "$PREFIX/venv/bin/lmtpfilter" serve -c "$ROOT/lmtpfilter.toml" \
@@ -125,6 +204,8 @@ up() {
   mkdir -p "$ROOT"
   down > /dev/null
   start_dovecot
+  start_clamd
+  start_spamd
   start_filter
   count_alice() { find "$ROOT/dovecot/mail/example.org/alice/Maildir/new" -type f 2>/dev/null \
                   | wc -l || true; }
@@ -144,10 +225,20 @@ lmtpfilter sandbox is running; a self-test message went through to alice's Maild
   lmtpfilter  LMTP on 127.0.0.1:$FILTER_PORT   config $ROOT/lmtpfilter.toml
               log $ROOT/lmtpfilter.log
   Dovecot     LMTP on 127.0.0.1:$DOVECOT_LMTP_PORT (users: ${USERS[*]}, password "secret")
+  clamd       $ROOT/clamd/clamd.sock (test signatures: EICAR, clamav-testfiles)
+  spamd       127.0.0.1:$SPAMD_PORT
 
 Send a message through the filter (one LMTP reply per recipient comes back):
   swaks --server 127.0.0.1:$FILTER_PORT --protocol LMTP --from you@example.net \\
         --to alice@example.org,bob@example.org,nobody@example.org
+
+Spam (GTUBE scores 1000): delivered with X-Spam-Flag: YES and "[SPAM]" in the Subject
+  swaks --server 127.0.0.1:$FILTER_PORT --protocol LMTP --to alice@example.org \\
+        --body 'XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X'
+
+A virus (the EICAR test file attached): refused with 550 5.7.1 virus found
+  swaks --server 127.0.0.1:$FILTER_PORT --protocol LMTP --to alice@example.org \\
+        --attach /usr/share/clamav-testfiles/clam.zip
 
 Where it lands:
   ls $ROOT/dovecot/mail/example.org/alice/Maildir/new/

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.harness.daemons import Dovecot, free_port, short_tmpdir, start_dovecot
+from tests.harness.scanners import Clamd, Spamd, start_clamd, start_spamd
 
-DAEMONS = ["dovecot", "postfix", "smtp-sink"]
+DAEMONS = ["dovecot", "postfix", "smtp-sink", "clamd", "spamd"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -58,6 +59,24 @@ def dovecot(daemon_base: Path) -> Iterator[Dovecot]:
         yield dc
     finally:
         dc.stop()
+
+
+@pytest.fixture(scope="session")
+def clamd(daemon_base: Path) -> Iterator[Clamd]:
+    daemon = start_clamd(daemon_base)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def spamd(daemon_base: Path) -> Iterator[Spamd]:
+    daemon = start_spamd(daemon_base)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 class FilterProcess:

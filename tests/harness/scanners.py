@@ -75,6 +75,7 @@ CLAM_EXE_SIGNATURE = "Clamav.Test.File-6"
 
 CLAMD_READY_TIMEOUT = 30.0
 SPAMD_READY_TIMEOUT = 60.0
+SPAMD_ZOMBIE_WAIT = 3.0
 POLL_INTERVAL = 0.05
 MAX_UNIX_SOCKET_PATH = 100  # sun_path is 108 bytes including the NUL
 
@@ -200,6 +201,36 @@ def _stop_group(proc: subprocess.Popen[bytes] | None) -> None:
     _stop_popen(proc)  # SIGTERM, wait, SIGKILL after timeout, then wait for the whole session
 
 
+def _wait_session_reaped(sid: int, timeout: float) -> bool:
+    """Best effort: wait until no process, not even a zombie, has session id sid."""
+    deadline = time.monotonic() + timeout
+    while True:
+        members = False
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                # after comm: state ppid pgrp session ...
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
+                    members = True
+                    break
+            except (OSError, IndexError, ValueError):
+                continue
+        if not members:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_INTERVAL)
+
+
+def _which(program: str) -> str:
+    """Absolute path of a daemon binary (also looks in /usr/sbin and /sbin)."""
+    path = shutil.which(program, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    if path is None:
+        raise RuntimeError(f"{program} is not installed")
+    return path
+
+
 def _wait_ready(
     probe: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float
 ) -> str | None:
@@ -294,6 +325,10 @@ SelfCheck 0
 Bytecode no
 ScanMail yes
 ScanArchive yes
+# As the README recommends: content past a scan limit is reported, never passed as clean;
+# and deep enough nesting for a mail around clamav-testfiles' clam_cache_emax.tgz.
+AlertExceedsMax yes
+MaxRecursion 40
 """
 
 
@@ -306,7 +341,7 @@ def _launch_clamd(
     t0 = time.monotonic()
     with (d / "clamd.stdout").open("ab") as out:
         proc = subprocess.Popen(
-            ["clamd", "-c", str(d / "clamd.conf")],
+            [_which("clamd"), "-c", str(d / "clamd.conf")],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -421,8 +456,15 @@ class Spamd:
             _signal_group(self._proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
-        """SIGTERM the parent; wait until the whole session (children too) is gone. Idempotent."""
+        """SIGTERM the parent; wait until the whole session (children too) is gone. Idempotent.
+
+        spamd's parent exits right after signalling its children, so they end as zombies of
+        PID 1, which may reap them late (~1 s here); wait a bounded while for that too, so that
+        ``pgrep spamd`` is empty afterwards.
+        """
         _stop_group(self._proc)
+        if self._proc is not None:
+            _wait_session_reaped(self._proc.pid, SPAMD_ZOMBIE_WAIT)
 
 
 def start_spamd(base: Path, *, port: int | None = None, children: int = 2) -> Spamd:
@@ -438,7 +480,7 @@ def start_spamd(base: Path, *, port: int | None = None, children: int = 2) -> Sp
     (site / "local.cf").write_text(SPAMD_LOCAL_CF)
     (d / "spamd.pid").unlink(missing_ok=True)
     args = [
-        "spamd",
+        _which("spamd"),
         "-C", "/usr/share/spamassassin",
         f"--siteconfigpath={site}",
         "-L", "-x",
