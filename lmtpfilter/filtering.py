@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from .headers import encode_tag, is_forgeable
+from .message import Message
 from .pipeline import Recipient, Transaction
 from .policy import SPAM_REJECT, Action, Category, Decision, PolicySource, decide, virus_reject
 from .reply import Reply
@@ -49,25 +50,21 @@ class FilterStage:
             log.warning("tx=%s scanner failure: %s", tx.id,
                         "; ".join(e for e in (tx.scan.virus.error, tx.scan.spam.error) if e))
         # A sender must not be able to forge a verdict: our headers replace theirs.
-        forged = frozenset(f.key for f in tx.message.fields if is_forgeable(f.key))
+        forged = forged_headers(tx.message)
         for r in recipients:
             r.policy = policies[r.address]
             r.decision = decide(tx.scan, r.policy, self.x_header_line)
             self.apply(r, r.decision, forged, tx.scan)
 
     async def scan(self, data: bytes, need_virus: bool, need_spam: bool) -> ScanResult:
-        async def virus() -> VirusResult:
-            if self.clamd is None or not need_virus:
-                return VirusResult(Status.DISABLED)
-            return await self.clamd.scan(data)
-
-        async def spam() -> SpamResult:
-            if self.spamd is None or not need_spam:
-                return SpamResult(Status.DISABLED)
-            return await self.spamd.check(data)
-
-        v, s = await asyncio.gather(virus(), spam())
-        return ScanResult(v, s)
+        """Both scans in parallel; a scan nobody needs (or that is disabled) is not run."""
+        virus = self.clamd.scan(data) if self.clamd and need_virus else None
+        spam = self.spamd.check(data) if self.spamd and need_spam else None
+        if virus and spam:
+            v, s = await asyncio.gather(virus, spam)
+            return ScanResult(v, s)
+        return ScanResult(await virus if virus else VirusResult(Status.DISABLED),
+                          await spam if spam else SpamResult(Status.DISABLED))
 
     @staticmethod
     def apply(r: Recipient, decision: Decision, forged: frozenset[str], scan: ScanResult
@@ -82,6 +79,17 @@ class FilterStage:
             r.reply = discard_as_reject(decision, scan)
         else:
             r.reply = decision.reply
+
+
+_FORGEABLE_HINTS = (b"x-spam-", b"x-virus-", b"x-quarantine-id")
+
+
+def forged_headers(message: Message) -> frozenset[str]:
+    """Names of the verdict headers the sender wrote (cheap when there are none)."""
+    block = message.header_block.lower()
+    if not any(hint in block for hint in _FORGEABLE_HINTS):
+        return frozenset()
+    return frozenset(f.key for f in message.fields if is_forgeable(f.key))
 
 
 def discard_as_reject(decision: Decision, scan: ScanResult) -> Reply:

@@ -121,6 +121,10 @@ class Pipeline:
         if not groups:
             return
         received = self.received_header(tx)
+        if len(groups) == 1:  # the common case: everyone gets the same copy
+            [(variant, members)] = groups.items()
+            await self._deliver_group(tx, received, variant, members)
+            return
         # Wait for every group even if one fails: a group still delivering must not turn
         # into a 2xx after its recipients were already answered 451.
         outcomes = await asyncio.gather(*(

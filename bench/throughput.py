@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Throughput of lmtpfilter, and the limit it can approach, on this machine.
+
+    smtp-source -L (2 recipients/message) --> lmtpfilter --> smtp-sink -L
+
+Modes:
+  none      no checks: the filter as a pure LMTP proxy; the limit is smtp-sink fed directly
+  clamav    ClamAV only; the limit is clamd driven directly (INSTREAM) at the same concurrency
+  full      ClamAV + SpamAssassin; the limit is clamd and spamd driven directly, both per
+            message in parallel, as the filter does, at the same concurrency
+
+For each mode, 1 and 16 concurrent sessions, 10 KB and 100 KB messages: messages/s through
+the filter, the limit, their ratio, and the filter's peak RSS. Daemons are started on loopback
+in a temporary directory (clamd with the test signature DB, spamd without network tests).
+
+    usage: python3 bench/throughput.py [--modes none,clamav,full] [--messages 2000]
+Run from the repository (it uses tests/harness to start the daemons); needs the packages of
+scripts/run-tests.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lmtpfilter.clamav import ClamdScanner  # noqa: E402
+from lmtpfilter.config import from_mapping  # noqa: E402
+from lmtpfilter.spamd import SpamdScanner  # noqa: E402
+from tests.harness.daemons import free_port, short_tmpdir, start_smtp_sink  # noqa: E402
+from tests.harness.scanners import start_clamd, start_spamd  # noqa: E402
+
+SIZES = (10240, 102400)
+SESSIONS = (1, 16)
+
+
+def source_message(size: int) -> bytes:
+    """What smtp-source sends: four headers, then numbered lines of X up to `size`."""
+    head = (b"From: <sender@example.net>\r\nTo: <rcpt@example.org>\r\n"
+            b"Date: Sun, 29 Nov 2026 05:01:14 +0000 (UTC)\r\nMessage-Id: <bench@vm>\r\n\r\n")
+    lines, total, n = [], 0, 1
+    while total < size:
+        line = (str(n).encode() + b"X" * 79)[:79 if total + 81 <= size else size - total]
+        lines.append(line + b"\r\n")
+        total += len(line) + 2
+        n += 1
+    return head + b"".join(lines)
+
+
+def smtp_source(port: int, sessions: int, size: int, count: int) -> float:
+    started = time.monotonic()
+    subprocess.run(["smtp-source", "-L", "-d", "-s", str(sessions), "-m", str(count),
+                    "-l", str(size), "-r", "2", "-f", "sender@example.net",
+                    "-t", "rcpt@example.org", f"127.0.0.1:{port}"],
+                   check=True, capture_output=True, timeout=1800)
+    return count / (time.monotonic() - started)
+
+
+async def drive_scanners(clamd: ClamdScanner | None, spamd: SpamdScanner | None,
+                         sessions: int, size: int, count: int) -> float:
+    """Messages/s when the scanners are fed directly, `sessions` at a time."""
+    data = source_message(size)
+    queue = iter(range(count))
+
+    async def worker() -> None:
+        for _ in queue:
+            jobs = []
+            if clamd:
+                jobs.append(clamd.scan(data))
+            if spamd:
+                jobs.append(spamd.check(data))
+            for result in await asyncio.gather(*jobs):
+                assert result.status.value in ("clean", "scored"), result
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(sessions)))
+    return count / (time.monotonic() - started)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_banner(port: int) -> None:
+    import socket
+
+    for _ in range(400):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(64).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing answers on {port}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modes", default="none,clamav,full")
+    parser.add_argument("--messages", type=int, default=2000,
+                        help="messages per run at 16 sessions and 10 KB (others scale down)")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    base = short_tmpdir("lmtpf-bench-")
+    daemons: list[object] = []
+    try:
+        sink = start_smtp_sink(base, lmtp=True)
+        daemons.append(sink)
+        clamd = start_clamd(base) if {"clamav", "full"} & set(modes) else None
+        if clamd:
+            daemons.append(clamd)
+        spamd = start_spamd(base, children=os.cpu_count() or 2) if "full" in modes else None
+        if spamd:
+            daemons.append(spamd)
+        print(f"# {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, 2 recipients/message")
+        print(f"{'mode':<7} {'sessions':>8} {'size':>6} {'filter msg/s':>13} "
+              f"{'limit msg/s':>12} {'ratio':>6} {'filter RSS':>11}")
+        for mode in modes:
+            run_mode(mode, base, sink.port, clamd, spamd, args.messages)
+    finally:
+        for d in reversed(daemons):
+            d.stop()  # type: ignore[attr-defined]
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+def run_mode(mode: str, base: Path, sink_port: int, clamd: object, spamd: object,
+             messages: int) -> None:
+    port = free_port()
+    config: dict[str, dict[str, object]] = {
+        "server": {"listen": [f"127.0.0.1:{port}"], "hostname": "bench.example"},
+        "downstream": {"address": f"127.0.0.1:{sink_port}", "max_idle_connections": 32},
+        "clamav": {"enabled": mode in ("clamav", "full")},
+        "spamassassin": {"enabled": mode == "full"},
+        "policy": {"spam_destiny": "pass"},
+    }
+    if clamd is not None:
+        config["clamav"]["address"] = f"unix:{clamd.socket_path}"  # type: ignore[attr-defined]
+    if spamd is not None:
+        config["spamassassin"]["address"] = f"127.0.0.1:{spamd.port}"  # type: ignore[attr-defined]
+        config["spamassassin"]["max_size"] = "1M"
+    conf = from_mapping(config)
+    toml = base / f"bench-{mode}.toml"
+    toml.write_text(render_toml(config))
+    log = (base / f"bench-{mode}.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "lmtpfilter", "serve", "-c", str(toml),
+                             "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_banner(port)
+        clamd_scanner = ClamdScanner(conf.clamav) if mode != "none" else None
+        spamd_scanner = SpamdScanner(conf.spamassassin) if mode == "full" else None
+        for size in SIZES:
+            for sessions in SESSIONS:
+                count = messages if sessions == 16 else messages // 4
+                count = count // 2 if size > 10240 else count
+                if mode == "full":
+                    count = max(40, count // 20)
+                smtp_source(port, sessions, size, min(50, count))  # warm-up
+                filtered = smtp_source(port, sessions, size, count)
+                if mode == "none":
+                    limit = smtp_source(sink_port, sessions, size, count)
+                else:
+                    limit = asyncio.run(drive_scanners(clamd_scanner, spamd_scanner,
+                                                       sessions, size, count))
+                print(f"{mode:<7} {sessions:>8} {size // 1024:>4}KB {filtered:>13.0f} "
+                      f"{limit:>12.0f} {filtered / limit:>6.2f} "
+                      f"{peak_rss_mb(proc.pid):>8.1f} MB", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        errors = [line for line in (base / f"bench-{mode}.log").read_text().splitlines()
+                  if "ERROR" in line or "Traceback" in line]
+        if errors:
+            print(f"  lmtpfilter logged errors in mode {mode}: {errors[:3]}")
+
+
+def render_toml(config: dict[str, dict[str, object]]) -> str:
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, int):
+            return str(v)
+        return '"' + str(v) + '"'
+
+    return "".join(f"[{section}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in keys.items())
+                   for section, keys in config.items())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
