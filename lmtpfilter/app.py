@@ -3,38 +3,65 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .clamav import ClamdScanner, probe_version
 from .config import Config
 from .downstream import Downstream
 from .filtering import FilterStage
+from .notify import Notifications, Outbox
 from .pipeline import Pipeline, Stage
-from .policy import ConfigPolicies
+from .policy import PolicySource
+from .quarantine import QuarantineFiles
 from .server import FilterServer
 from .spamd import SpamdScanner
+from .store import Store
+from .userpolicy import DbPolicies
+from .verdicts import QuarantineStage, Recorder
 
 log = logging.getLogger(__name__)
 
 
-def build_pipeline(config: Config, stages: Sequence[Stage] | None = None) -> Pipeline:
-    """The pipeline for `config`; `stages` replaces the filter stage (tests of the proxy)."""
+def build_pipeline(config: Config, stages: Sequence[Stage]) -> Pipeline:
+    """A pipeline with the given stages and no store (tests of the proxy core)."""
     hostname = config.hostname
-    if stages is None:
-        stages = [filter_stage(config, hostname)]
     return Pipeline(Downstream(config.downstream, hostname), hostname, stages)
 
 
-def filter_stage(config: Config, hostname: str) -> FilterStage:
+def filter_stage(config: Config, policies: PolicySource, hostname: str) -> FilterStage:
     return FilterStage(
-        ConfigPolicies(config.policy),
+        policies,
         ClamdScanner(config.clamav) if config.clamav.enabled else None,
         SpamdScanner(config.spamassassin) if config.spamassassin.enabled else None,
         config.policy.x_header_line.format(hostname=hostname),
     )
+
+
+@dataclass
+class Services:
+    store: Store
+    pipeline: Pipeline
+    outbox: Outbox
+
+
+def build(config: Config) -> Services:
+    """Everything `serve` runs: store, policies, scanners, quarantine, recorder, outbox."""
+    hostname = config.hostname
+    store = Store(config.database.url)
+    notifications = Notifications(config.notify, hostname)
+    stages: list[Stage] = [
+        filter_stage(config, DbPolicies(store, config.policy, config.database.policy_cache_ttl),
+                     hostname),
+        QuarantineStage(config, store, QuarantineFiles(config.quarantine), notifications),
+    ]
+    pipeline = Pipeline(Downstream(config.downstream, hostname), hostname, stages,
+                        Recorder(store, hostname))
+    return Services(store, pipeline, Outbox(store, config.notify))
 
 
 async def log_scanner_versions(config: Config) -> None:
@@ -49,13 +76,13 @@ async def log_scanner_versions(config: Config) -> None:
         log.warning("clamd at %s not answering yet: %s", config.clamav.address, exc)
 
 
-async def serve(config: Config, sockets: Sequence[socket.socket] | None = None,
-                stages: Sequence[Stage] | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain gracefully (DESIGN.md: 421 after the timeout)."""
-    pipeline = build_pipeline(config, stages)
-    server = FilterServer(config, pipeline.process)
+async def serve(config: Config, services: Services,
+                sockets: Sequence[socket.socket] | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain gracefully (421 after the timeout)."""
+    server = FilterServer(config, services.pipeline.process)
     await server.start(sockets)
     await log_scanner_versions(config)
+    outbox = asyncio.create_task(services.outbox.run_forever())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,5 +94,8 @@ async def serve(config: Config, sockets: Sequence[socket.socket] | None = None,
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await pipeline.downstream.close()
+        outbox.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await outbox
+        await services.pipeline.downstream.close()
     log.info("stopped")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 from . import config as cfg
@@ -15,10 +17,24 @@ from . import config as cfg
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+class CliError(Exception):
+    """A failure to report as one line; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse prints usage + message; keep it to one line and our exit code.
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _duration(text: str) -> float:
+    try:
+        return cfg.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("-c", "--config", metavar="FILE",
                         help=f"config file (default: ${cfg.ENV_VAR} or {cfg.DEFAULT_PATH})")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
     serve = sub.add_parser("serve", parents=[common], help="run the filter in the foreground")
     serve.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -35,6 +52,59 @@ def _parser() -> argparse.ArgumentParser:
                            help="validate the config and print the effective values")
     check.add_argument("--reference", action="store_true",
                        help="print the reference of every option (Markdown) instead")
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+    up = db.add_parser("upgrade", parents=[common], help="create or upgrade the schema")
+    up.add_argument("--revision", default="head")
+    down = db.add_parser("downgrade", parents=[common], help="go back to an older schema")
+    down.add_argument("revision")
+    db.add_parser("current", parents=[common], help="show the schema revision")
+
+    user = sub.add_parser("user", help="per-user and per-domain policy").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+    uset = user.add_parser("set", parents=[common], help="set overrides for ADDRESS")
+    uset.add_argument("address", help="user@domain, or @domain for a whole domain")
+    for name, kind in [("tag-level", float), ("tag2-level", float), ("kill-level", float),
+                       ("spam-subject-tag", str), ("junk-folder", str)]:
+        uset.add_argument(f"--{name}", type=kind)
+    uset.add_argument("--spam-destiny", choices=["pass", "discard", "reject"])
+    uset.add_argument("--virus-destiny", choices=["pass", "discard", "reject"])
+    uset.add_argument("--junk-destiny", choices=["junk", "inbox", "discard"])
+    uset.add_argument("--on-scanner-failure", choices=["tempfail", "pass"])
+    for name in ("spam", "virus"):
+        group = uset.add_mutually_exclusive_group()
+        group.add_argument(f"--bypass-{name}", dest=f"bypass_{name}_checks",
+                           action="store_const", const=True)
+        group.add_argument(f"--no-bypass-{name}", dest=f"bypass_{name}_checks",
+                           action="store_const", const=False)
+    uset.add_argument("--unset", action="append", default=[], metavar="KEY",
+                      help="remove an override (e.g. kill_level); repeatable")
+    for action in ("show", "delete"):
+        p = user.add_parser(action, parents=[common], help=f"{action} ADDRESS's overrides")
+        p.add_argument("address")
+    user.add_parser("list", parents=[common], help="every address with overrides")
+
+    q = sub.add_parser("quarantine", help="quarantined messages").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+    qlist = q.add_parser("list", parents=[common], help="quarantined messages, newest first")
+    qlist.add_argument("--since", type=_duration, metavar="AGE", help='e.g. "1h", "7d"')
+    qlist.add_argument("--recipient", metavar="ADDRESS")
+    qlist.add_argument("--reason", choices=["virus", "spam"])
+    qlist.add_argument("--all", action="store_true", help="include expired ones")
+    qshow = q.add_parser("show", parents=[common], help="headers and verdict of ID")
+    qshow.add_argument("id")
+    qrel = q.add_parser("release", parents=[common], help="deliver ID after all")
+    qrel.add_argument("id")
+    qrel.add_argument("--to", action="append", default=[], metavar="ADDRESS",
+                      help="deliver to this address instead (repeatable)")
+    qrel.add_argument("--force", action="store_true", help="release again")
+    qdel = q.add_parser("delete", parents=[common], help="remove ID's file and mark it expired")
+    qdel.add_argument("id")
+
+    logp = sub.add_parser("log", parents=[common], help="recent verdicts")
+    logp.add_argument("--since", type=_duration, default=3600.0, metavar="AGE")
+    logp.add_argument("--recipient", metavar="ADDRESS")
     return parser
 
 
@@ -48,22 +118,254 @@ def main(argv: Sequence[str] | None = None) -> int:
     except cfg.ConfigError as exc:
         print(f"lmtpfilter: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.command == "check-config":
-        sys.stdout.write(cfg.render(config))
-        return EXIT_OK
-    if args.command == "serve":
-        return _serve(config, args.log_level)
-    raise AssertionError(args.command)
-
-
-def _serve(config: cfg.Config, level: str) -> int:
-    from .app import serve
-
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    handler: Callable[[cfg.Config, argparse.Namespace], int] = {
+        "check-config": lambda c, a: (sys.stdout.write(cfg.render(c)), EXIT_OK)[1],
+        "serve": _serve,
+        "db": _db,
+        "user": _user,
+        "quarantine": _quarantine,
+        "log": _log,
+    }[args.command]
     try:
-        asyncio.run(serve(config))
-    except OSError as exc:
+        return handler(config, args)
+    except CliError as exc:
         print(f"lmtpfilter: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exc.code
+    except ValueError as exc:  # validation of an argument (address, quarantine ID, value)
+        print(f"lmtpfilter: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _open_store(config: cfg.Config) -> Any:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .store import SchemaError, Store
+
+    try:
+        store = Store(config.database.url)
+        store.check_schema()
+    except SchemaError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except SQLAlchemyError as exc:
+        raise CliError(f"database {config.database.url}: {exc.__class__.__name__}: "
+                       f"{str(exc).splitlines()[0]}") from None
+    return store
+
+
+def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
+    from .app import build, serve
+
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
+    store = _open_store(config)
+    store.close()
+    services = build(config)
+    try:
+        asyncio.run(serve(config, services))
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        services.store.close()
     return EXIT_OK
+
+
+def _db(config: cfg.Config, args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from . import store
+
+    try:
+        if args.action == "upgrade":
+            store.upgrade(config.database.url, args.revision)
+        elif args.action == "downgrade":
+            store.downgrade(config.database.url, args.revision)
+        s = store.Store(config.database.url)
+        try:
+            from alembic.runtime.migration import MigrationContext
+
+            with s.engine.connect() as conn:
+                current = MigrationContext.configure(conn).get_current_heads()
+        finally:
+            s.close()
+    except SQLAlchemyError as exc:
+        raise CliError(f"database: {str(exc).splitlines()[0]}") from None
+    print(f"schema at {', '.join(current) or 'none (empty database)'}")
+    return EXIT_OK
+
+
+def _user(config: cfg.Config, args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from . import userpolicy as up
+    from .store import UserPolicy
+
+    store = _open_store(config)
+    try:
+        if args.action == "list":
+            rows = store.transaction(lambda s: list(s.scalars(
+                select(UserPolicy).order_by(UserPolicy.address))))
+            for row in rows:
+                shown = " ".join(f"{k}={v!r}" for k, v in up.overrides_of(row).items())
+                print(f"{row.address}  {shown}")
+            return EXIT_OK
+        key = up.normalise_key(args.address)
+        if args.action == "show":
+            row = store.transaction(lambda s: s.get(UserPolicy, key))
+            overrides = up.overrides_of(row) if row else {}
+            effective = up.merge(config.policy, key if not key.startswith("@") else "x" + key,
+                                 _rows_for(store, key))
+            for name in up.OVERRIDABLE:
+                mark = "  (override)" if name in overrides else ""
+                print(f"{name} = {getattr(effective, name)!r}{mark}")
+            return EXIT_OK
+        if args.action == "delete":
+            deleted = store.transaction(lambda s: _delete_user(s, key))
+            if not deleted:
+                raise CliError(f"no overrides for {key}")
+            print(f"deleted overrides of {key}")
+            return EXIT_OK
+        changes = {k: getattr(args, k) for k in up.OVERRIDABLE
+                   if getattr(args, k, None) is not None}
+        if not changes and not args.unset:
+            raise CliError("nothing to set: give at least one option", EXIT_USAGE)
+        row = store.transaction(lambda s: up.overrides_of(
+            up.set_overrides(s, key, changes, args.unset)))
+        print(f"{key}: " + (" ".join(f"{k}={v!r}" for k, v in row.items()) or "no overrides"))
+        return EXIT_OK
+    finally:
+        store.close()
+
+
+def _rows_for(store: Any, key: str) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from .store import UserPolicy
+
+    keys = [key] if key.startswith("@") else [key, "@" + key.rpartition("@")[2]]
+    rows: dict[str, Any] = store.transaction(lambda s: {r.address: r for r in s.scalars(
+        select(UserPolicy).where(UserPolicy.address.in_(keys)))})
+    return rows
+
+
+def _delete_user(session: Any, key: str) -> bool:
+    from .store import UserPolicy
+
+    row = session.get(UserPolicy, key)
+    if row is None:
+        return False
+    session.delete(row)
+    return True
+
+
+def _quarantine(config: cfg.Config, args: argparse.Namespace) -> int:
+    from .quarantine import QuarantineFiles, validate_id
+
+    store = _open_store(config)
+    files = QuarantineFiles(config.quarantine)
+    try:
+        if args.action == "list":
+            for row in store.transaction(lambda s: _list_quarantine(s, args)):
+                state = ("expired" if row.expired_at else
+                         "released" if row.released_at else "held")
+                print(f"{row.id}  {row.created_at:%Y-%m-%d %H:%M}  {row.reason:<5} "
+                      f"{state:<8} {row.size:>8}  <{row.sender}> -> "
+                      f"{', '.join(row.recipient_list)}  {row.detail}  {row.subject!r}")
+            return EXIT_OK
+        qid = validate_id(args.id)
+        from .release import ReleaseError, load
+
+        try:
+            row = store.transaction(lambda s: load(s, qid))
+        except ReleaseError as exc:
+            raise CliError(str(exc)) from None
+        if args.action == "show":
+            print(f"Quarantine-ID: {row.id}\nReason: {row.reason} ({row.detail})\n"
+                  f"Created: {row.created_at:%Y-%m-%d %H:%M:%S %Z}\nSender: <{row.sender}>\n"
+                  f"Recipients: {', '.join(row.recipient_list)}\nSize: {row.size} bytes "
+                  f"(compressed)\nSHA-256: {row.sha256}\nTransaction: {row.message_id}\n"
+                  f"Released: {row.released_at or 'no'} {row.released_to}\n")
+            if row.release_replies:
+                print("Release replies:\n  " + row.release_replies.replace("\n", "\n  ") + "\n")
+            if row.expired_at:
+                print(f"(expired on {row.expired_at:%Y-%m-%d}; the file is gone)")
+                return EXIT_OK
+            data = files.read(row)
+            head = data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+            print(head.decode("utf-8", "replace"))
+            return EXIT_OK
+        if args.action == "release":
+            from .release import release
+
+            try:
+                result = asyncio.run(release(config, store, qid, args.to, args.force))
+            except ReleaseError as exc:
+                raise CliError(str(exc)) from None
+            for rcpt, reply in result.results:
+                print(f"{rcpt}: {reply.line()}")
+            return EXIT_OK if all(r.is_success for _, r in result.results) else EXIT_FAILURE
+        if args.action == "delete":
+            files.delete(row)
+            store.transaction(lambda s: _expire(s, qid))
+            print(f"deleted {qid}")
+            return EXIT_OK
+    finally:
+        store.close()
+    raise AssertionError(args.action)
+
+
+def _list_quarantine(session: Any, args: argparse.Namespace) -> list[Any]:
+    from sqlalchemy import select
+
+    from .store import QuarantineRecord
+
+    query = select(QuarantineRecord).order_by(QuarantineRecord.created_at.desc())
+    if not args.all:
+        query = query.where(QuarantineRecord.expired_at.is_(None))
+    if args.since:
+        query = query.where(QuarantineRecord.created_at >= _ago(args.since))
+    if args.reason:
+        query = query.where(QuarantineRecord.reason == args.reason)
+    rows = list(session.scalars(query.limit(10_000)))
+    if args.recipient:
+        wanted = args.recipient.lower()
+        rows = [r for r in rows if wanted in (x.lower() for x in r.recipient_list)]
+    return rows
+
+
+def _expire(session: Any, qid: str) -> None:
+    from .store import QuarantineRecord, utcnow
+
+    row = session.get(QuarantineRecord, qid)
+    if row is not None and row.expired_at is None:
+        row.expired_at = utcnow()
+
+
+def _ago(seconds: float) -> dt.datetime:
+    return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+
+
+def _log(config: cfg.Config, args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from .store import MessageRecord, RecipientVerdict
+
+    store = _open_store(config)
+    try:
+        query = (select(MessageRecord, RecipientVerdict)
+                 .join(RecipientVerdict, RecipientVerdict.message_id == MessageRecord.id)
+                 .where(MessageRecord.received_at >= _ago(args.since))
+                 .order_by(MessageRecord.received_at, RecipientVerdict.position))
+        if args.recipient:
+            query = query.where(RecipientVerdict.address == args.recipient)
+        rows = store.transaction(lambda s: list(s.execute(query.limit(10_000)).all()))
+        for m, v in rows:
+            score = "-" if m.spam_score is None else f"{m.spam_score:.1f}"
+            virus = f" virus={m.virus_names}" if m.virus_names else ""
+            quarantine = f" quarantine={v.quarantine_id}" if v.quarantine_id else ""
+            print(f"{m.received_at:%Y-%m-%d %H:%M:%S} {m.id} <{m.sender}> -> <{v.address}> "
+                  f"{v.action}/{v.category} score={score}{virus}{quarantine} "
+                  f"{v.reply_text}")
+        return EXIT_OK
+    finally:
+        store.close()

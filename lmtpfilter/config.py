@@ -421,7 +421,9 @@ class DatabaseConfig:
     SECTION: ClassVar[str] = "database"
     url: str = option(
         "sqlite:////var/lib/lmtpfilter/lmtpfilter.db", parse_db_url,
-        "SQLAlchemy URL; PostgreSQL for several hosts.")
+        "SQLAlchemy URL; PostgreSQL for several hosts (postgresql+psycopg://...).")
+    policy_cache_ttl: float = option(
+        "60s", parse_duration, "How long per-user policies are cached by the filter.")
 
 
 @dataclass(frozen=True)
@@ -451,6 +453,9 @@ class NotifyConfig:
     admin: tuple[str, ...] = option([], parse_mail_address_list, "Addresses told about viruses.")
     recipient: bool = option(True, parse_bool, "Tell the recipient a message was quarantined.")
     sender: bool = option(False, parse_bool, "Tell the sender (backscatter: off unless asked).")
+    templates: Path | None = option(
+        "", parse_optional_path,
+        "Directory with your own notification templates (default: the built-in ones).")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Protocol
 from .headers import encode_tag, is_forgeable
 from .message import Message
 from .pipeline import Recipient, Transaction
-from .policy import SPAM_REJECT, Action, Category, Decision, PolicySource, decide, virus_reject
+from .policy import Action, Decision, PolicySource, decide
 from .reply import Reply
 from .scanresult import ScanResult, SpamResult, Status, VirusResult
 
@@ -74,9 +74,9 @@ class FilterStage:
             if decision.subject_tag:
                 r.variant = replace(r.variant, subject_tag=encode_tag(decision.subject_tag))
         elif decision.action is Action.DISCARD:
-            # Until the quarantine exists (issue 4), "discard" cannot keep a copy, and a
-            # 250 without a durable copy would lose the message: it is refused instead.
-            r.reply = discard_as_reject(decision, scan)
+            # Not delivered; the 250 comes from the quarantine stage once the copy is
+            # durable. Without one, the recipient stays deferred: never a 250 for nothing.
+            r.reply = DISCARD_PENDING
         else:
             r.reply = decision.reply
 
@@ -92,7 +92,4 @@ def forged_headers(message: Message) -> frozenset[str]:
     return frozenset(f.key for f in message.fields if is_forgeable(f.key))
 
 
-def discard_as_reject(decision: Decision, scan: ScanResult) -> Reply:
-    if decision.category is Category.VIRUS:
-        return virus_reject(scan.virus.names)
-    return SPAM_REJECT
+DISCARD_PENDING = Reply(451, "4.3.0", "Quarantine not completed, please try again later")

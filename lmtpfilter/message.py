@@ -8,8 +8,10 @@ the original body bytes*. The body is shared by every copy as a memoryview, neve
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from email.header import decode_header, make_header
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,19 @@ class Message:
     def get(self, name: str) -> HeaderField | None:
         key = name.lower()
         return next((f for f in self.fields if f.key == key), None)
+
+    def header_text(self, name: str) -> str:
+        """A field's value as text for records and notifications: unfolded, RFC 2047
+        decoded, 8-bit bytes read as UTF-8 (or replaced); "" when absent."""
+        f = self.get(name)
+        if f is None:
+            return ""
+        raw = f.raw[f.raw.index(b":") + 1:]
+        text = raw.decode("utf-8", "replace").replace("\r", "").replace("\n", "").strip()
+        if "=?" in text:
+            with contextlib.suppress(ValueError, LookupError, UnicodeError):
+                text = str(make_header(decode_header(text)))
+        return text
 
     @property
     def line_ending(self) -> bytes:

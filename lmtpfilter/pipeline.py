@@ -51,6 +51,7 @@ class Transaction:
     message: Message
     received_at: float = field(default_factory=time.time)
     scan: ScanResult | None = None  # set by the filter stage: the message is scanned once
+    quarantine_id: str | None = None  # set by the quarantine stage when a copy was kept
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,20 @@ class Stage(Protocol):
     async def __call__(self, tx: Transaction, recipients: Sequence[Recipient]) -> None: ...
 
 
+class Recorder(Protocol):
+    """Keeps the verdicts; called after delivery, before the replies go back."""
+
+    async def record(self, tx: Transaction, recipients: Sequence[Recipient],
+                     replies: Sequence[Reply]) -> None: ...
+
+
 class Pipeline:
     def __init__(self, downstream: Downstream, hostname: str,
-                 stages: Sequence[Stage] = ()) -> None:
+                 stages: Sequence[Stage] = (), recorder: Recorder | None = None) -> None:
         self.downstream = downstream
         self.hostname = hostname
         self.stages = list(stages)
+        self.recorder = recorder
 
     async def process(self, tx: Transaction) -> list[Reply]:
         """One reply per recipient, in RCPT order; never raises (except cancellation)."""
@@ -108,6 +117,13 @@ class Pipeline:
         except Exception:
             log.exception("tx=%s internal error; unsettled recipients get 451", tx.id)
         replies = [r.reply or INTERNAL_ERROR for r in recipients]
+        if self.recorder is not None:
+            try:
+                await self.recorder.record(tx, recipients, replies)
+            except Exception:
+                # The mail itself is settled (delivered, quarantined or refused); answering
+                # 4xx now would deliver it twice on retry. The record is what is missing.
+                log.exception("tx=%s could not record the verdicts", tx.id)
         log.info("tx=%s from=<%s> size=%d %s", tx.id, tx.sender, len(tx.message.data),
                  " ".join(f"<{r.address}>={rep.code}" for r, rep in zip(recipients, replies,
                                                                       strict=True)))
@@ -145,14 +161,18 @@ class Pipeline:
             member.reply = reply
 
     def received_header(self, tx: Transaction) -> bytes:
-        """Our trace field (RFC 5321 §4.4); "for" only with a single recipient (privacy)."""
-        when = format_datetime(datetime.fromtimestamp(tx.received_at, UTC).astimezone())
-        peer = tx.peer if tx.peer.startswith("unix") else f"[{tx.peer}]"
-        parts = [f"from {tx.helo or 'unknown'} ({peer})", f"by {self.hostname} (lmtpfilter)",
-                 f"with LMTP id {tx.id}"]
-        if len(tx.recipients) == 1:
-            parts.append(f"for <{tx.recipients[0]}>")
-        return fold("Received", " ".join(parts) + f"; {when}")
+        return received_header(tx, self.hostname)
+
+
+def received_header(tx: Transaction, hostname: str) -> bytes:
+    """Our trace field (RFC 5321 §4.4); "for" only with a single recipient (privacy)."""
+    when = format_datetime(datetime.fromtimestamp(tx.received_at, UTC).astimezone())
+    peer = tx.peer if tx.peer.startswith("unix") else f"[{tx.peer}]"
+    parts = [f"from {tx.helo or 'unknown'} ({peer})", f"by {hostname} (lmtpfilter)",
+             f"with LMTP id {tx.id}"]
+    if len(tx.recipients) == 1:
+        parts.append(f"for <{tx.recipients[0]}>")
+    return fold("Received", " ".join(parts) + f"; {when}")
 
 
 def _downstream_params(tx: Transaction) -> list[str]:

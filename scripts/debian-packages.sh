@@ -9,6 +9,7 @@ LMTPFILTER_DEB_PACKAGES=(
   clamav-daemon clamdscan clamav-testfiles  # virus scanning
   spamd spamc spamassassin                  # spam scoring
   swaks                                     # sending test mail by hand
+  postgresql                                # the store's tests run on PostgreSQL too
 )
 
 install_debian_packages() {

@@ -23,6 +23,7 @@ from tests.harness.daemons import Dovecot, free_port, short_tmpdir, start_doveco
 from tests.harness.scanners import Clamd, Spamd, start_clamd, start_spamd
 
 DAEMONS = ["dovecot", "postfix", "smtp-sink", "clamd", "spamd"]
+# PostgreSQL is found by tests/harness/postgres.py (not on PATH); it enforces the same rule.
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -86,11 +87,17 @@ class FilterProcess:
         self.workdir = workdir
         self.listen = listen
         self.config_path = workdir / "lmtpfilter.toml"
-        self.config_path.write_text(config_text)
+        # Configs written before the work directory was known say "{workdir}".
+        self.config_path.write_text(config_text.replace("{workdir}", str(workdir)))
         self.log_path = workdir / "lmtpfilter.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> FilterProcess:
+        upgrade = subprocess.run(
+            [sys.executable, "-m", "lmtpfilter", "db", "upgrade", "-c", str(self.config_path)],
+            capture_output=True, text=True, timeout=60)
+        if upgrade.returncode != 0:
+            raise RuntimeError(f"lmtpfilter db upgrade failed: {upgrade.stderr}")
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lmtpfilter", "serve", "-c", str(self.config_path)],
@@ -141,7 +148,7 @@ class FilterProcess:
         self.stop(signal.SIGKILL)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def filter_process(daemon_base: Path) -> Iterator[type[FilterProcess]]:
     """A factory; every process it starts is stopped at teardown."""
     started: list[FilterProcess] = []
@@ -160,17 +167,22 @@ def filter_process(daemon_base: Path) -> Iterator[type[FilterProcess]]:
 def filter_config(downstream: str, listen: list[str], **extra: str) -> str:
     """A config file text for a test filter; scanners are off unless `extra` sets them."""
     listen_toml = ", ".join(f'"{x}"' for x in listen)
+    workdir = Path(listen[0].removeprefix("unix:")).parent if listen[0].startswith("unix:") \
+        else None
     sections = {
         "server": f'listen = [{listen_toml}]\nhostname = "filter.test"\nsocket_mode = "0666"',
         "downstream": f'address = "{downstream}"\ntimeout = "10s"',
         "clamav": "enabled = false",
         "spamassassin": "enabled = false",
+        "database": "url = \"sqlite:///{workdir}/lmtpfilter.db\"",
+        "quarantine": "directory = \"{workdir}/quarantine\"",
     }
     for section, body in extra.items():
         sections[section] = (sections[section] + "\n" + body) if section in ("server",
                                                                               "downstream") \
             else body
-    return "".join(f"[{name}]\n{body}\n" for name, body in sections.items())
+    text = "".join(f"[{name}]\n{body}\n" for name, body in sections.items())
+    return text if workdir is None else text.replace("{workdir}", str(workdir))
 
 
 def new_workdir(base: Path, name: str) -> Path:

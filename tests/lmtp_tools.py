@@ -208,7 +208,7 @@ def make_config(downstream_address: str, **sections: dict[str, object]) -> Confi
 
 
 @contextlib.asynccontextmanager
-async def running_filter(config: Config, stages: Sequence[Stage] | None = ()
+async def running_filter(config: Config, stages: Sequence[Stage] = ()
                          ) -> AsyncIterator[tuple[str, FilterServer, Pipeline]]:
     """The filter in this event loop, on a free loopback port; yields its address."""
     from lmtpfilter.app import build_pipeline

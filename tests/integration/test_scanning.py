@@ -47,7 +47,7 @@ def start(factory: type[FilterProcess], base: Path, dovecot: Dovecot, clamav: st
     return factory(new_workdir(base, "scan"), text, listen).start()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def scanning(filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot,
              clamd: Clamd, spamd: Spamd) -> Iterator[FilterProcess]:
     yield start(filter_process, daemon_base, dovecot, f"unix:{clamd.socket_path}",

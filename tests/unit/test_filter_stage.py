@@ -165,11 +165,11 @@ async def test_scanner_error_only_for_recipients_that_depend_on_it(
     assert fake.transactions[0].recipients == ["free@example.org"]
 
 
-async def test_virus_discard_is_refused_until_the_quarantine_exists(
+async def test_discard_without_a_quarantine_stage_is_deferred_never_acknowledged(
         fake: FakeDownstream) -> None:
     st = stage(virus=VirusResult(Status.INFECTED, ("Eicar-Test-Signature.UNOFFICIAL",)))
     result = await send(fake, st, ["a@example.org"])
-    assert result.data_replies == ["550 5.7.1 virus found: Eicar-Test-Signature.UNOFFICIAL"]
+    assert [r[:9] for r in result.data_replies] == ["451 4.3.0"]
     assert fake.transactions == []
 
 

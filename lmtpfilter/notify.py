@@ -1,0 +1,179 @@
+"""Notifications about quarantined messages, through an outbox in the database.
+
+The filter only *enqueues* a notification, in the same transaction as the quarantine row; a
+background task sends the outbox over SMTP to ``[notify].smtp`` and retries with backoff when
+the MTA is unavailable. So a notification can never delay or fail mail delivery, and none is
+lost when the MTA is down. Templates are plain files (``Subject:`` line, blank line, body) with
+``${name}`` placeholders; ``[notify].templates`` points to a directory of your own versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+import smtplib
+import string
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from importlib import resources
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .config import NotifyConfig
+from .store import Notification, QuarantineRecord, Store, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 30
+BATCH = 20
+
+
+def backoff(attempts: int) -> dt.timedelta:
+    """30 s, 1 min, 2 min ... capped at 1 h."""
+    return dt.timedelta(seconds=min(3600, 30 * 2 ** max(0, attempts - 1)))
+
+
+class Notifications:
+    def __init__(self, config: NotifyConfig, hostname: str) -> None:
+        self.config = config
+        self.hostname = hostname
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.smtp is not None
+
+    def template(self, name: str) -> string.Template:
+        if self.config.templates is not None:
+            custom = Path(self.config.templates) / f"{name}.txt"
+            if custom.exists():
+                return string.Template(custom.read_text(encoding="utf-8"))
+        text = resources.files("lmtpfilter").joinpath("templates", f"{name}.txt")
+        return string.Template(text.read_text(encoding="utf-8"))
+
+    def sender_address(self) -> str:
+        sender = self.config.from_
+        return sender if "@" in sender else f"{sender}@{self.hostname}"
+
+    def render(self, name: str, to: str, values: dict[str, str]) -> str:
+        """A complete message: the template's Subject line and body, our headers."""
+        text = self.template(name).safe_substitute(values)
+        first, _, body = text.partition("\n")
+        subject = first[len("Subject:"):].strip() if first.lower().startswith("subject:") \
+            else "lmtpfilter notification"
+        msg = EmailMessage()
+        msg["From"] = self.sender_address()
+        msg["To"] = to
+        msg["Subject"] = subject
+        msg["Date"] = format_datetime(dt.datetime.now(dt.UTC))
+        msg["Message-ID"] = make_msgid(domain=self.hostname)
+        msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
+        msg.set_content(body.lstrip("\n"))
+        return msg.as_string()
+
+    def enqueue_quarantine(self, session: Session, record: QuarantineRecord,
+                           recipients: list[str]) -> None:
+        if not self.enabled:
+            return
+        values = {
+            "id": record.id, "sender": record.sender or "(null sender)",
+            "recipients": ", ".join(recipients), "subject": record.subject or "(none)",
+            "reason": record.reason, "detail": record.detail,
+            "virus": record.detail if record.reason == "virus" else "",
+            "date": format_datetime(record.created_at), "hostname": self.hostname,
+            "admin": ", ".join(self.config.admin) or "postmaster",
+        }
+        now = utcnow()
+        wanted: list[tuple[str, str]] = []
+        if record.reason == "virus":
+            wanted += [("admin-virus", a) for a in self.config.admin]
+        if self.config.recipient:
+            wanted += [("recipient", r) for r in recipients]
+        if self.config.sender and record.sender:
+            wanted.append(("sender", record.sender))
+        for kind, to in wanted:
+            session.add(Notification(created_at=now, kind=kind, to_address=to,
+                                     message=self.render(kind, to, values), attempts=0,
+                                     next_attempt_at=now, last_error=""))
+
+
+class Outbox:
+    """Sends due notifications; runs as a background task of `serve`."""
+
+    def __init__(self, store: Store, config: NotifyConfig, interval: float = 5.0) -> None:
+        self.store = store
+        self.config = config
+        self.interval = interval
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.send_due()
+            except Exception:
+                log.exception("notification outbox: pass failed")
+            await asyncio.sleep(self.interval)
+
+    async def send_due(self) -> int:
+        """One pass: claim due notifications, send them, record the outcome."""
+        if self.config.smtp is None:
+            return 0
+        claimed = await self.store.run(_claim)
+        sent = 0
+        for note_id, to, message, attempts in claimed:
+            error = await asyncio.to_thread(self._send, to, message)
+            await self.store.run(functools.partial(_done, note_id=note_id, error=error,
+                                                   attempts=attempts))
+            if error:
+                log.warning("notification %d to <%s> failed (attempt %d): %s",
+                            note_id, to, attempts + 1, error)
+            else:
+                sent += 1
+        return sent
+
+    def _send(self, to: str, message: str) -> str:
+        smtp = self.config.smtp
+        assert smtp is not None
+        try:
+            with smtplib.SMTP(smtp.host, smtp.port, timeout=30,
+                              local_hostname="localhost") as client:
+                client.sendmail(_envelope_sender(message), [to], message.encode("utf-8"))
+            return ""
+        except (OSError, smtplib.SMTPException) as exc:
+            return str(exc) or exc.__class__.__name__
+
+
+def _envelope_sender(message: str) -> str:
+    return ""  # notifications are sent with the null sender: bounces of them go nowhere
+
+
+def _claim(session: Session) -> list[tuple[int, str, str, int]]:
+    """Take due rows, pushing their next attempt ahead so another instance skips them."""
+    now = utcnow()
+    rows = session.execute(
+        select(Notification.id, Notification.to_address, Notification.message,
+               Notification.attempts, Notification.next_attempt_at)
+        .where(Notification.sent_at.is_(None), Notification.next_attempt_at <= now,
+               Notification.attempts < MAX_ATTEMPTS)
+        .order_by(Notification.next_attempt_at).limit(BATCH)).all()
+    claimed = []
+    for note_id, to, message, attempts, due in rows:
+        moved = session.execute(
+            update(Notification).where(Notification.id == note_id,
+                                       Notification.next_attempt_at == due)
+            .values(next_attempt_at=now + dt.timedelta(minutes=10)))
+        if moved.rowcount == 1:  # type: ignore[attr-defined]
+            claimed.append((note_id, to, message, attempts))
+    return claimed
+
+
+def _done(session: Session, note_id: int, error: str, attempts: int) -> None:
+    now = utcnow()
+    values: dict[str, object] = {"attempts": attempts + 1, "last_error": error[:1000]}
+    if error:
+        values["next_attempt_at"] = now + backoff(attempts + 1)
+    else:
+        values["sent_at"] = now
+    session.execute(update(Notification).where(Notification.id == note_id).values(**values))

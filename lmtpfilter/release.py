@@ -1,0 +1,70 @@
+"""Releasing a quarantined message: re-delivery through the downstream LMTP server.
+
+The stored copy is delivered as it was kept (not re-scanned), to its original recipients or to
+the addresses given, and the downstream server's real reply for each recipient is recorded.
+A message is released once; again only with force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from .config import Config
+from .downstream import Downstream
+from .lmtp_protocol import Envelope
+from .quarantine import QuarantineFiles, validate_id
+from .reply import Reply
+from .store import QuarantineRecord, Store
+
+
+class ReleaseError(Exception):
+    pass
+
+
+@dataclass
+class Released:
+    record: QuarantineRecord
+    results: list[tuple[str, Reply]]
+
+
+def load(session: Session, qid: str) -> QuarantineRecord:
+    record = session.get(QuarantineRecord, validate_id(qid))
+    if record is None:
+        raise ReleaseError(f"no quarantined message with ID {qid}")
+    return record
+
+
+async def release(config: Config, store: Store, qid: str, to: Sequence[str] = (),
+                  force: bool = False) -> Released:
+    files = QuarantineFiles(config.quarantine)
+    record = await store.run(lambda s: load(s, qid))
+    if record.expired_at is not None:
+        raise ReleaseError(f"{qid} has expired; its file was removed")
+    if record.released_at is not None and not force:
+        raise ReleaseError(f"{qid} was already released on {record.released_at:%Y-%m-%d %H:%M} "
+                           f"to {record.released_to}; use --force to release it again")
+    data = await asyncio.to_thread(files.read, record)
+    recipients = list(to) or record.recipient_list
+    downstream = Downstream(config.downstream, config.hostname)
+    try:
+        replies = await downstream.deliver(Envelope(record.sender, recipients), [data])
+    finally:
+        await downstream.close()
+    results = list(zip(recipients, replies, strict=True))
+
+    def save(session: Session) -> QuarantineRecord:
+        row = load(session, qid)
+        log = "\n".join(f"{rcpt}: {reply.line()}" for rcpt, reply in results)
+        row.release_replies = (row.release_replies + "\n" + log).strip()
+        delivered = [rcpt for rcpt, reply in results if reply.is_success]
+        if delivered:
+            row.released_at = dt.datetime.now(dt.UTC)
+            row.released_to = ", ".join(delivered)
+        return row
+
+    return Released(await store.run(save), results)

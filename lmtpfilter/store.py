@@ -1,0 +1,260 @@
+"""The verdict store: SQLAlchemy 2.x models, the engine, and the schema check.
+
+The schema is created and changed only by Alembic (``migrations/``, ``lmtpfilter db
+upgrade``); ``serve`` refuses to start on an outdated schema. SQLite is the default: it runs in
+WAL mode with a busy timeout, and every write transaction starts with ``BEGIN IMMEDIATE`` (a
+plain BEGIN takes the write lock late and fails with "database is locked" or loses updates
+when several processes write). The same code runs on PostgreSQL given its URL.
+
+All database calls are blocking; the filter runs them in a small thread pool
+(:meth:`Store.run`) so that they never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+T = TypeVar("T")
+
+# Constraint names are stable across SQLite and PostgreSQL, so migrations can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class MessageRecord(Base):
+    """One row per message the filter answered for."""
+
+    __tablename__ = "messages"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the transaction id
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    host: Mapped[str] = mapped_column(String(255))  # which filter instance
+    message_id: Mapped[str] = mapped_column(String(998), default="")
+    sender: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(998), default="")
+    virus_status: Mapped[str] = mapped_column(String(16))
+    virus_names: Mapped[str] = mapped_column(Text, default="")
+    virus_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    spam_status: Mapped[str] = mapped_column(String(16))
+    spam_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    spam_rules: Mapped[str] = mapped_column(Text, default="")  # "GTUBE=1000,NO_RECEIVED=0"
+    spam_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    scanner_errors: Mapped[str] = mapped_column(Text, default="")
+
+
+class RecipientVerdict(Base):
+    """One row per recipient of a message: what we decided and what we answered."""
+
+    __tablename__ = "recipient_verdicts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # RCPT order
+    address: Mapped[str] = mapped_column(String(512), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # deliver|discard|reject|tempfail|error
+    category: Mapped[str] = mapped_column(String(16))  # clean|spammy|spam|virus|unchecked
+    reply_code: Mapped[int] = mapped_column(Integer)  # the reply we gave Postfix
+    reply_text: Mapped[str] = mapped_column(Text)
+    downstream_reply: Mapped[str] = mapped_column(Text, default="")  # when delivered
+    quarantine_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class QuarantineRecord(Base):
+    """One row per quarantined message (stored once, whatever its number of recipients)."""
+
+    __tablename__ = "quarantine"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(32), index=True)  # messages.id
+    path: Mapped[str] = mapped_column(String(255))  # relative to [quarantine].directory
+    size: Mapped[int] = mapped_column(Integer)  # bytes on disk (compressed)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the stored message, uncompressed
+    reason: Mapped[str] = mapped_column(String(16), index=True)  # virus | spam
+    detail: Mapped[str] = mapped_column(Text, default="")  # virus names or the score
+    sender: Mapped[str] = mapped_column(String(512))
+    recipients: Mapped[str] = mapped_column(Text)  # newline-separated, RCPT order
+    subject: Mapped[str] = mapped_column(String(998), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    expired_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True),
+                                                           nullable=True)
+    released_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True),
+                                                            nullable=True)
+    released_to: Mapped[str] = mapped_column(Text, default="")
+    release_replies: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (Index("ix_quarantine_live", "expired_at", "created_at"),)
+
+    @property
+    def recipient_list(self) -> list[str]:
+        return [r for r in self.recipients.split("\n") if r]
+
+
+class UserPolicy(Base):
+    """Per-user (``user@example.org``) or per-domain (``@example.org``) overrides of [policy].
+
+    NULL means "not overridden": the domain's value, else the config's, applies.
+    """
+
+    __tablename__ = "user_policies"
+    address: Mapped[str] = mapped_column(String(512), primary_key=True)
+    tag_level: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tag2_level: Mapped[float | None] = mapped_column(Float, nullable=True)
+    kill_level: Mapped[float | None] = mapped_column(Float, nullable=True)
+    spam_subject_tag: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    spam_destiny: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    virus_destiny: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    junk_destiny: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    junk_folder: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    bypass_spam_checks: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    bypass_virus_checks: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    on_scanner_failure: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Notification(Base):
+    """The outbox: notifications are sent by a background task and retried on failure."""
+
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(32))  # admin-virus | recipient | sender
+    to_address: Mapped[str] = mapped_column(String(512))
+    message: Mapped[str] = mapped_column(Text)  # the whole RFC 5322 message
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the SQLite settings that concurrent writers need."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (see _on_begin).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # FULL: a committed quarantine row survives a power cut (it backs a 250 reply).
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def migrations_dir() -> Path:
+    return Path(str(resources.files("migrations")))
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+
+
+class SchemaError(Exception):
+    """The database schema is missing or older than this version of lmtpfilter."""
+
+
+def check_schema(engine: Engine, url: str) -> None:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
+    with engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    if current != heads:
+        have = ", ".join(sorted(current)) or "none"
+        raise SchemaError(f"database schema is at {have}, this lmtpfilter needs "
+                          f"{', '.join(sorted(heads))}: run `lmtpfilter db upgrade`")
+
+
+class Store:
+    """The engine, sessions, and a thread pool so DB work stays off the event loop."""
+
+    def __init__(self, url: str, threads: int = 4) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db")
+
+    def check_schema(self) -> None:
+        check_schema(self.engine, self.url)
+
+    async def run(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn(session)` in one transaction in the DB thread pool; commit if it returns."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.transaction, fn)
+
+    def transaction(self, fn: Callable[[Session], T]) -> T:
+        with self.sessions.begin() as session:
+            return fn(session)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.engine.dispose()

@@ -1,0 +1,180 @@
+"""After the decisions: the quarantine copy, the notifications, and the verdict records.
+
+:class:`QuarantineStage` runs after the filter stage. For a message that some recipient's
+decision says to keep (a virus, or kill-level spam when ``[quarantine].spam``), it stores ONE
+copy, whatever the number of such recipients, and only once that copy is durable (file fsynced,
+row committed) do the "discard" recipients get ``250 2.7.0``. Until then they hold a 451, so
+any failure on the way leaves them deferred, never acknowledged.
+
+:class:`Recorder` writes the message row and one row per recipient before the replies go
+back to Postfix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import Config
+from .filtering import DISCARD_PENDING
+from .headers import number, quarantine_id
+from .notify import Notifications
+from .pipeline import Recipient, Transaction, received_header
+from .policy import Action, Category
+from .quarantine import QuarantineFiles, QuarantineFull, StoredFile, new_id
+from .reply import Reply
+from .scanresult import ScanResult, Status
+from .store import MessageRecord, QuarantineRecord, RecipientVerdict, Store
+
+log = logging.getLogger(__name__)
+
+PENDING = DISCARD_PENDING
+QUARANTINE_FULL = Reply(451, "4.3.1", "Quarantine is full, please try again later")
+
+
+def quarantined(qid: str) -> Reply:
+    return Reply(250, "2.7.0", f"Ok, discarded, quarantined as {qid}")
+
+
+DISCARDED = Reply(250, "2.7.0", "Ok, discarded")
+
+
+@dataclass
+class Kept:
+    """What the quarantine stage did for this message (for the recorder)."""
+
+    qid: str | None = None
+
+
+def reason_of(scan: ScanResult | None, category: Category) -> tuple[str, str]:
+    """("virus", names) or ("spam", score) for the quarantine row."""
+    if category is Category.VIRUS and scan is not None:
+        return "virus", ", ".join(scan.virus.names)
+    score = scan.spam.score if scan is not None and scan.spam.status is Status.SCORED else 0.0
+    return "spam", number(score)
+
+
+class QuarantineStage:
+    def __init__(self, config: Config, store: Store, files: QuarantineFiles,
+                 notifications: Notifications) -> None:
+        self.config = config
+        self.store = store
+        self.files = files
+        self.notifications = notifications
+
+    async def __call__(self, tx: Transaction, recipients: Sequence[Recipient]) -> None:
+        discard = [r for r in recipients if r.decision and r.decision.action is Action.DISCARD]
+        keep = [r for r in recipients if r.decision and r.decision.quarantine
+                and (r.decision.category is Category.VIRUS or self.config.quarantine.spam)]
+        for r in discard:
+            r.reply = PENDING  # until the copy is durable, or when no copy is wanted
+        if not keep:
+            for r in discard:  # explicit policy: kill-level spam discarded without a copy
+                r.reply = DISCARDED
+            return
+        worst = Category.VIRUS if any(r.decision and r.decision.category is Category.VIRUS
+                                      for r in keep) else Category.SPAM
+        qid = new_id()
+        try:
+            await self._store(tx, qid, worst, keep)
+        except QuarantineFull as exc:
+            log.error("tx=%s quarantine full: %s", tx.id, exc)
+            if self.config.quarantine.on_full == "discard-without-copy":
+                for r in discard:
+                    r.reply = DISCARDED
+            else:
+                for r in discard:
+                    r.reply = QUARANTINE_FULL
+            return
+        except Exception:
+            log.exception("tx=%s quarantine failed; discarded recipients deferred", tx.id)
+            return
+        tx.quarantine_id = qid
+        for r in discard:
+            r.reply = quarantined(qid) if r in keep else DISCARDED
+        log.info("tx=%s quarantined as %s (%s)", tx.id, qid, worst.value)
+
+    async def _store(self, tx: Transaction, qid: str, category: Category,
+                     keep: Sequence[Recipient]) -> None:
+        created = dt.datetime.now(dt.UTC)
+        received = self.received(tx)
+        chunks = tx.message.copy_with((received, quarantine_id(qid)))
+        size_estimate = sum(len(c) for c in chunks)
+        await self.store.run(lambda s: self.files.check_budget(s, size_estimate))
+        stored: StoredFile = await asyncio.to_thread(self.files.write, qid, created, chunks)
+        reason, detail = reason_of(tx.scan, category)
+        subject = tx.message.header_text("subject")
+        record = QuarantineRecord(
+            id=qid, message_id=tx.id, path=stored.path, size=stored.size, sha256=stored.sha256,
+            reason=reason, detail=detail, sender=tx.sender,
+            recipients="\n".join(r.address for r in keep), subject=subject[:998],
+            created_at=created, released_to="", release_replies="")
+
+        def commit(session: object) -> None:
+            from sqlalchemy.orm import Session
+
+            assert isinstance(session, Session)
+            session.add(record)
+            self.notifications.enqueue_quarantine(session, record, [r.address for r in keep])
+
+        try:
+            await self.store.run(commit)
+        except BaseException:
+            # No row, no 250: remove the file so that the janitor has no orphan to report.
+            await asyncio.to_thread(self.files.delete, record)
+            raise
+
+    def received(self, tx: Transaction) -> bytes:
+        return received_header(tx, self.config.hostname)
+
+
+class Recorder:
+    """One message row and a row per recipient, written before the replies go back."""
+
+    def __init__(self, store: Store, hostname: str) -> None:
+        self.store = store
+        self.hostname = hostname
+
+    async def record(self, tx: Transaction, recipients: Sequence[Recipient],
+                     replies: Sequence[Reply]) -> None:
+        rows = self.rows(tx, recipients, replies)
+        await self.store.run(lambda s: s.add_all(rows))
+
+    def rows(self, tx: Transaction, recipients: Sequence[Recipient], replies: Sequence[Reply]
+             ) -> list[MessageRecord | RecipientVerdict]:
+        scan = tx.scan
+        virus, spam = (scan.virus, scan.spam) if scan else (None, None)
+        message = MessageRecord(
+            id=tx.id, received_at=dt.datetime.fromtimestamp(tx.received_at, dt.UTC),
+            host=self.hostname, message_id=tx.message.header_text("message-id")[:998],
+            sender=tx.sender, size=len(tx.message.data),
+            sha256=hashlib.sha256(tx.message.data).hexdigest(),
+            subject=tx.message.header_text("subject")[:998],
+            virus_status=virus.status.value if virus else "disabled",
+            virus_names=", ".join(virus.names) if virus else "",
+            virus_seconds=virus.seconds if virus else 0.0,
+            spam_status=spam.status.value if spam else "disabled",
+            spam_score=spam.score if spam and spam.status is Status.SCORED else None,
+            spam_rules=",".join(f"{n}={number(p)}" for n, p in spam.rules) if spam else "",
+            spam_seconds=spam.seconds if spam else 0.0,
+            scanner_errors="; ".join(e for e in (virus.error if virus else "",
+                                                 spam.error if spam else "") if e),
+        )
+        rows: list[MessageRecord | RecipientVerdict] = [message]
+        for r, reply in zip(recipients, replies, strict=True):
+            decision = r.decision
+            action = decision.action.value if decision else "deliver"
+            if reply is not r.reply:  # the pipeline's fallback: an internal error
+                action = "error"
+            rows.append(RecipientVerdict(
+                message_id=tx.id, position=r.index, address=r.address, action=action,
+                category=decision.category.value if decision else "clean",
+                reply_code=reply.code, reply_text=reply.line(),
+                downstream_reply=reply.line() if action == "deliver" else "",
+                quarantine_id=tx.quarantine_id if decision and decision.quarantine else None,
+            ))
+        return rows
