@@ -61,7 +61,7 @@ def build(config: Config) -> Services:
     ]
     pipeline = Pipeline(Downstream(config.downstream, hostname), hostname, stages,
                         Recorder(store, hostname))
-    return Services(store, pipeline, Outbox(store, config.notify))
+    return Services(store, pipeline, Outbox(store, config.notify, config.notify.interval))
 
 
 async def log_scanner_versions(config: Config) -> None:

@@ -453,6 +453,8 @@ class NotifyConfig:
     admin: tuple[str, ...] = option([], parse_mail_address_list, "Addresses told about viruses.")
     recipient: bool = option(True, parse_bool, "Tell the recipient a message was quarantined.")
     sender: bool = option(False, parse_bool, "Tell the sender (backscatter: off unless asked).")
+    interval: float = option(
+        "5s", parse_duration, "How often pending notifications are sent (and retried).")
     templates: Path | None = option(
         "", parse_optional_path,
         "Directory with your own notification templates (default: the built-in ones).")

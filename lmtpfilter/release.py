@@ -32,8 +32,8 @@ class Released:
     results: list[tuple[str, Reply]]
 
 
-def load(session: Session, qid: str) -> QuarantineRecord:
-    record = session.get(QuarantineRecord, validate_id(qid))
+def load(session: Session, qid: str, lock: bool = False) -> QuarantineRecord:
+    record = session.get(QuarantineRecord, validate_id(qid), with_for_update=lock)
     if record is None:
         raise ReleaseError(f"no quarantined message with ID {qid}")
     return record
@@ -58,7 +58,7 @@ async def release(config: Config, store: Store, qid: str, to: Sequence[str] = ()
     results = list(zip(recipients, replies, strict=True))
 
     def save(session: Session) -> QuarantineRecord:
-        row = load(session, qid)
+        row = load(session, qid, lock=True)  # two releases at once must not lose a reply
         log = "\n".join(f"{rcpt}: {reply.line()}" for rcpt, reply in results)
         row.release_replies = (row.release_replies + "\n" + log).strip()
         delivered = [rcpt for rcpt, reply in results if reply.is_success]

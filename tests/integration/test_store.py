@@ -1,0 +1,187 @@
+"""The store on SQLite and on a real PostgreSQL: migrations, concurrency, policies."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import itertools
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, inspect, select, update
+from sqlalchemy.orm import Session
+
+from lmtpfilter import store as st
+from lmtpfilter.config import PolicyConfig
+from lmtpfilter.userpolicy import DbPolicies, set_overrides
+from tests.harness.daemons import short_tmpdir
+from tests.harness.postgres import Postgres, start_postgres
+
+pytestmark = pytest.mark.integration
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    base = short_tmpdir("lmtpf-pg-")
+    server = start_postgres(base)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/lmtpfilter.db"
+    server: Postgres = request.getfixturevalue("postgres")
+    return server.create_database(f"t{next(_names)}")
+
+
+def tables(url: str) -> set[str]:
+    engine = st.make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_migrations_up_and_down(db_url: str) -> None:
+    store = st.Store(db_url)
+    try:
+        with pytest.raises(st.SchemaError, match="run `lmtpfilter db upgrade`"):
+            store.check_schema()
+        st.upgrade(db_url)
+        store.check_schema()
+        assert {"messages", "recipient_verdicts", "quarantine", "user_policies",
+                "notifications"} <= tables(db_url)
+        st.downgrade(db_url, "base")
+        assert tables(db_url) <= {"alembic_version"}
+        with pytest.raises(st.SchemaError):
+            store.check_schema()
+        st.upgrade(db_url)
+        store.check_schema()
+    finally:
+        store.close()
+
+
+def _message(i: int) -> list[object]:
+    now = st.utcnow()
+    return [
+        st.MessageRecord(id=f"TX{i:04d}", received_at=now, host="h", sender="s@x", size=1,
+                         sha256="0" * 64, virus_status="clean", spam_status="scored"),
+        *[st.RecipientVerdict(message_id=f"TX{i:04d}", position=n, address=f"r{n}@x",
+                              action="deliver", category="clean", reply_code=250,
+                              reply_text="250 2.0.0 ok") for n in range(2)],
+    ]
+
+
+def test_sixteen_concurrent_writers_lose_nothing(db_url: str) -> None:
+    st.upgrade(db_url)
+    seed = st.Store(db_url)
+    seed.transaction(lambda s: s.add(st.Notification(
+        created_at=st.utcnow(), kind="k", to_address="a@x", message="m", attempts=0,
+        next_attempt_at=st.utcnow(), last_error="")))
+    seed.close()
+    barrier = threading.Barrier(16)
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        store = st.Store(db_url)  # its own engine: like 16 separate processes
+        try:
+            barrier.wait()
+            store.transaction(lambda s: s.add_all(_message(i)))
+
+            def increment(s: Session) -> None:
+                # Read-modify-write, as the code does it: the row is locked (FOR UPDATE on
+                # PostgreSQL; BEGIN IMMEDIATE on SQLite). A plain read would lose updates.
+                n = s.scalar(select(st.Notification.attempts).with_for_update())
+                s.execute(update(st.Notification).values(attempts=(n or 0) + 1))
+
+            store.transaction(increment)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    check = st.Store(db_url)
+    try:
+        counts = check.transaction(lambda s: (
+            s.scalar(select(func.count()).select_from(st.MessageRecord)),
+            s.scalar(select(func.count()).select_from(st.RecipientVerdict)),
+            s.scalar(select(st.Notification.attempts))))
+    finally:
+        check.close()
+    assert counts == (16, 32, 16)
+
+
+async def test_user_and_domain_overrides(db_url: str) -> None:
+    st.upgrade(db_url)
+    store = st.Store(db_url)
+    try:
+        store.transaction(lambda s: set_overrides(s, "@example.org", {"kill_level": 10.0,
+                                                                      "spam_destiny": "reject"}))
+        store.transaction(lambda s: set_overrides(s, "Boss@Example.org",
+                                                  {"spam_destiny": "pass",
+                                                   "bypass_spam_checks": True}))
+        policies = DbPolicies(store, PolicyConfig(), ttl=60)
+        got = await policies.lookup(["boss@example.org", "other@example.org", "x@elsewhere.net"])
+        assert (got["boss@example.org"].kill_level, got["boss@example.org"].spam_destiny,
+                got["boss@example.org"].bypass_spam_checks) == (10.0, "pass", True)
+        assert (got["other@example.org"].kill_level,
+                got["other@example.org"].spam_destiny) == (10.0, "reject")
+        assert (got["x@elsewhere.net"].kill_level,
+                got["x@elsewhere.net"].spam_destiny) == (25.0, "discard")
+        # Cached: a change is seen only after the TTL.
+        store.transaction(lambda s: set_overrides(s, "other@example.org",
+                                                  {"spam_destiny": "pass"}))
+        again = await policies.lookup(["other@example.org"])
+        assert again["other@example.org"].spam_destiny == "reject"
+        fresh = await DbPolicies(store, PolicyConfig(), ttl=0).lookup(["other@example.org"])
+        assert fresh["other@example.org"].spam_destiny == "pass"
+    finally:
+        store.close()
+
+
+def test_bad_overrides_are_refused(db_url: str) -> None:
+    st.upgrade(db_url)
+    store = st.Store(db_url)
+    try:
+        for address, changes, words in [
+            ("user@example.org", {"spam_destiny": "bounce"}, "spam_destiny: must be one of"),
+            ("user@example.org", {"junk_folder": ""}, "junk_folder"),
+            ("user@example.org", {"frobnicate": 1}, "unknown policy key"),
+            ("not-an-address", {"kill_level": 1.0}, "expected user@domain or @domain"),
+        ]:
+            with pytest.raises(ValueError, match=words):
+                store.transaction(functools.partial(set_overrides, address=address,
+                                                    changes=changes))
+        assert store.transaction(lambda s: s.scalar(
+            select(func.count()).select_from(st.UserPolicy))) == 0
+    finally:
+        store.close()
+
+
+def test_timestamps_round_trip_as_utc(db_url: str) -> None:
+    st.upgrade(db_url)
+    store = st.Store(db_url)
+    try:
+        when = dt.datetime(2026, 11, 29, 5, 0, tzinfo=dt.UTC)
+        store.transaction(lambda s: s.add(st.QuarantineRecord(
+            id="A" * 22, message_id="TX", path="2026/11/29/" + "A" * 22 + ".eml.gz", size=1,
+            sha256="0" * 64, reason="virus", detail="X", sender="s@x", recipients="r@x",
+            created_at=when, released_to="", release_replies="")))
+        row = store.transaction(lambda s: s.get(st.QuarantineRecord, "A" * 22))
+        assert row is not None
+        assert row.created_at.replace(tzinfo=row.created_at.tzinfo or dt.UTC) == when
+    finally:
+        store.close()
