@@ -156,12 +156,13 @@ def test_bad_overrides_are_refused(db_url: str) -> None:
     st.upgrade(db_url)
     store = st.Store(db_url)
     try:
-        for address, changes, words in [
+        cases: list[tuple[str, dict[str, object], str]] = [
             ("user@example.org", {"spam_destiny": "bounce"}, "spam_destiny: must be one of"),
             ("user@example.org", {"junk_folder": ""}, "junk_folder"),
             ("user@example.org", {"frobnicate": 1}, "unknown policy key"),
             ("not-an-address", {"kill_level": 1.0}, "expected user@domain or @domain"),
-        ]:
+        ]
+        for address, changes, words in cases:
             with pytest.raises(ValueError, match=words):
                 store.transaction(functools.partial(set_overrides, address=address,
                                                     changes=changes))
