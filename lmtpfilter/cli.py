@@ -155,11 +155,12 @@ def _open_store(config: cfg.Config) -> Any:
 def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
     from .app import build, serve
 
+    store = _open_store(config)  # before logging is set up: a refusal is one line
+    store.close()
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
-    store = _open_store(config)
-    store.close()
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     services = build(config)
     try:
         asyncio.run(serve(config, services))

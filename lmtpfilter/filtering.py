@@ -40,6 +40,7 @@ class FilterStage:
         self.x_header_line = x_header_line
 
     async def __call__(self, tx: Transaction, recipients: Sequence[Recipient]) -> None:
+        recipients = [r for r in recipients if not r.settled]
         if not recipients:
             return
         policies = await self.policies.lookup(r.address for r in recipients)

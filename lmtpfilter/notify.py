@@ -32,9 +32,9 @@ MAX_ATTEMPTS = 30
 BATCH = 20
 
 
-def backoff(attempts: int) -> dt.timedelta:
-    """30 s, 1 min, 2 min ... capped at 1 h."""
-    return dt.timedelta(seconds=min(3600, 30 * 2 ** max(0, attempts - 1)))
+def backoff(attempts: int, interval: float) -> dt.timedelta:
+    """Six intervals, then doubling (30 s, 1 min, 2 min... with the default 5 s), up to 1 h."""
+    return dt.timedelta(seconds=min(3600.0, 6 * interval * 2 ** max(0, attempts - 1)))
 
 
 class Notifications:
@@ -125,7 +125,9 @@ class Outbox:
         for note_id, to, message, attempts in claimed:
             error = await asyncio.to_thread(self._send, to, message)
             await self.store.run(functools.partial(_done, note_id=note_id, error=error,
-                                                   attempts=attempts))
+                                                   attempts=attempts,
+                                                   retry_in=backoff(attempts + 1,
+                                                                    self.interval)))
             if error:
                 log.warning("notification %d to <%s> failed (attempt %d): %s",
                             note_id, to, attempts + 1, error)
@@ -169,11 +171,12 @@ def _claim(session: Session) -> list[tuple[int, str, str, int]]:
     return claimed
 
 
-def _done(session: Session, note_id: int, error: str, attempts: int) -> None:
+def _done(session: Session, note_id: int, error: str, attempts: int,
+          retry_in: dt.timedelta) -> None:
     now = utcnow()
     values: dict[str, object] = {"attempts": attempts + 1, "last_error": error[:1000]}
     if error:
-        values["next_attempt_at"] = now + backoff(attempts + 1)
+        values["next_attempt_at"] = now + retry_in
     else:
         values["sent_at"] = now
     session.execute(update(Notification).where(Notification.id == note_id).values(**values))

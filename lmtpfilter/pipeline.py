@@ -87,7 +87,11 @@ class Recipient:
 
 
 class Stage(Protocol):
-    """One step between "message received" and "deliver these variants to these groups"."""
+    """One step between "message received" and "deliver these variants to these groups".
+
+    A stage sees every recipient, in RCPT order, and leaves alone those it has no business
+    with (for instance the ones an earlier stage settled).
+    """
 
     async def __call__(self, tx: Transaction, recipients: Sequence[Recipient]) -> None: ...
 
@@ -112,7 +116,7 @@ class Pipeline:
         recipients = [Recipient(a, i) for i, a in enumerate(tx.recipients)]
         try:
             for stage in self.stages:
-                await stage(tx, [r for r in recipients if not r.settled])
+                await stage(tx, recipients)
             await self._deliver(tx, recipients)
         except Exception:
             log.exception("tx=%s internal error; unsettled recipients get 451", tx.id)

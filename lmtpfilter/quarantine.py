@@ -44,7 +44,8 @@ def new_id() -> str:
 
 def validate_id(qid: str) -> str:
     if not isinstance(qid, str) or not ID_PATTERN.fullmatch(qid):
-        shown = repr(qid[:40]) + ("..." if len(qid) > 40 else "")
+        text = str(qid)
+        shown = repr(text[:40]) + ("..." if len(text) > 40 else "")
         raise InvalidQuarantineId(
             f"invalid quarantine ID {shown}: expected 22 characters of A-Z a-z 0-9 _ -")
     return qid

@@ -189,7 +189,7 @@ class Settle:
     async def __call__(self, tx: Transaction, recipients: Sequence[Recipient]) -> None:
         from lmtpfilter.reply import Reply
         for r in recipients:
-            if r.address.startswith("b"):
+            if r.address.startswith("b") and not r.settled:
                 r.reply = Reply(550, "5.7.1", "rejected by test stage")
 
 
