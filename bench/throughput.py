@@ -144,6 +144,8 @@ def run_mode(mode: str, base: Path, sink_port: int, clamd: object, spamd: object
         "clamav": {"enabled": mode in ("clamav", "full")},
         "spamassassin": {"enabled": mode == "full"},
         "policy": {"spam_destiny": "pass"},
+        "database": {"url": f"sqlite:///{base}/bench-{mode}.db"},
+        "quarantine": {"directory": f"{base}/quarantine"},
     }
     if clamd is not None:
         config["clamav"]["address"] = f"unix:{clamd.socket_path}"  # type: ignore[attr-defined]
@@ -153,6 +155,8 @@ def run_mode(mode: str, base: Path, sink_port: int, clamd: object, spamd: object
     conf = from_mapping(config)
     toml = base / f"bench-{mode}.toml"
     toml.write_text(render_toml(config))
+    subprocess.run([sys.executable, "-m", "lmtpfilter", "db", "upgrade", "-c", str(toml)],
+                   check=True, capture_output=True)
     log = (base / f"bench-{mode}.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "lmtpfilter", "serve", "-c", str(toml),
                              "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT)

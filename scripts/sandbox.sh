@@ -177,6 +177,13 @@ hostname = "filter.sandbox.example"
 [downstream]
 address = "127.0.0.1:$DOVECOT_LMTP_PORT"
 
+[database]
+url = "sqlite:///$ROOT/lmtpfilter.db"
+policy_cache_ttl = "5s"      # so that \`lmtpfilter user set\` shows quickly
+
+[quarantine]
+directory = "$ROOT/quarantine"
+
 [clamav]
 address = "unix:$ROOT/clamd/clamd.sock"
 
@@ -187,9 +194,10 @@ address = "127.0.0.1:$SPAMD_PORT"
 tag2_level = 5.0
 kill_level = 25.0
 spam_destiny = "pass"        # GTUBE scores 1000: delivered tagged, so you can look at it
-virus_destiny = "reject"
+virus_destiny = "discard"    # quarantined, 250 2.7.0
 CONF
   "$PREFIX/venv/bin/lmtpfilter" check-config -c "$ROOT/lmtpfilter.toml" > /dev/null
+  "$PREFIX/venv/bin/lmtpfilter" db upgrade -c "$ROOT/lmtpfilter.toml" > /dev/null
   setsid "$PREFIX/venv/bin/lmtpfilter" serve -c "$ROOT/lmtpfilter.toml" \
     >> "$ROOT/lmtpfilter.log" 2>&1 < /dev/null &
   echo $! > "$ROOT/lmtpfilter.pid"
@@ -236,9 +244,13 @@ Spam (GTUBE scores 1000): delivered with X-Spam-Flag: YES and "[SPAM]" in the Su
   swaks --server 127.0.0.1:$FILTER_PORT --protocol LMTP --to alice@example.org \\
         --body 'XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X'
 
-A virus (the EICAR test file attached): refused with 550 5.7.1 virus found
+A virus (a ClamAV test file attached): quarantined, "250 2.7.0 ... quarantined as ID"
   swaks --server 127.0.0.1:$FILTER_PORT --protocol LMTP --to alice@example.org \\
         --attach /usr/share/clamav-testfiles/clam.zip
+  export LMTPFILTER_CONFIG=$ROOT/lmtpfilter.toml
+  lmtpfilter quarantine list; lmtpfilter quarantine show ID; lmtpfilter quarantine release ID
+  lmtpfilter log --since 1h
+  lmtpfilter user set bob@example.org --virus-destiny pass    # per-user policy
 
 Where it lands:
   ls $ROOT/dovecot/mail/example.org/alice/Maildir/new/
