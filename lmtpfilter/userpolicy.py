@@ -81,7 +81,7 @@ class DbPolicies:
                 missing.append(a)
         if missing:
             keys = sorted({k for a in missing for k in keys_for(a)})
-            rows = await self.store.run(lambda s: _rows(s, keys))
+            rows = await self.store.run(lambda s: _rows(s, keys), durable=False)
             for a in missing:
                 result[a] = merge(self.config, a, rows)
                 self._cache[a] = (now, result[a])
