@@ -179,3 +179,21 @@ async def test_bypass_everything_scans_nothing(fake: FakeDownstream) -> None:
     st = FilterStage(Policies(a=everyone), virus, spam, "x")
     await send(fake, st, ["a@example.org"])
     assert (virus.calls, spam.calls) == (0, 0)
+
+
+async def test_database_unavailable_means_4xx_and_nothing_delivered(
+        fake: FakeDownstream) -> None:
+    from lmtpfilter.config import PolicyConfig
+    from lmtpfilter.store import Store
+    from lmtpfilter.userpolicy import DbPolicies
+    from tests.harness.daemons import free_port
+
+    store = Store(f"postgresql+psycopg://x:y@127.0.0.1:{free_port()}/none")  # nothing there
+    try:
+        st = FilterStage(DbPolicies(store, PolicyConfig(), ttl=60), Virus(CLEAN),
+                         Spam(scored(0)), "x")
+        result = await send(fake, st, ["a@example.org", "b@example.org"])
+    finally:
+        store.close()
+    assert [r[:9] for r in result.data_replies] == ["451 4.3.0"] * 2
+    assert fake.transactions == []
