@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     qdel = q.add_parser("delete", parents=[common], help="remove ID's file and mark it expired")
     qdel.add_argument("id")
 
+    sieve = sub.add_parser("sieve", help="per-user Sieve scripts").add_subparsers(
+        dest="action", required=True, parser_class=_Parser)
+    sync = sieve.add_parser("sync", parents=[common],
+                            help="(re)generate and install the scripts of ADDRESS, or all")
+    sync.add_argument("address", nargs="?")
+
     logp = sub.add_parser("log", parents=[common], help="recent verdicts")
     logp.add_argument("--since", type=_duration, default=3600.0, metavar="AGE")
     logp.add_argument("--recipient", metavar="ADDRESS")
@@ -124,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "db": _db,
         "user": _user,
         "quarantine": _quarantine,
+        "sieve": _sieve,
         "log": _log,
     }[args.command]
     try:
@@ -225,6 +232,7 @@ def _user(config: cfg.Config, args: argparse.Namespace) -> int:
             if not deleted:
                 raise CliError(f"no overrides for {key}")
             print(f"deleted overrides of {key}")
+            _sync_after_change(config, store, key)
             return EXIT_OK
         changes = {k: getattr(args, k) for k in up.OVERRIDABLE
                    if getattr(args, k, None) is not None}
@@ -233,9 +241,34 @@ def _user(config: cfg.Config, args: argparse.Namespace) -> int:
         row = store.transaction(lambda s: up.overrides_of(
             up.set_overrides(s, key, changes, args.unset)))
         print(f"{key}: " + (" ".join(f"{k}={v!r}" for k, v in row.items()) or "no overrides"))
+        _sync_after_change(config, store, key)
         return EXIT_OK
     finally:
         store.close()
+
+
+def _sync_after_change(config: cfg.Config, store: Any, key: str) -> None:
+    from .sieve import SieveError, sync
+
+    try:
+        sync(config, store, key)
+    except (SieveError, OSError) as exc:
+        raise CliError(f"policy saved, but the Sieve script of {key} was not installed: "
+                       f"{exc}; fix it and run `lmtpfilter sieve sync {key}`") from None
+
+
+def _sieve(config: cfg.Config, args: argparse.Namespace) -> int:
+    from .sieve import SieveError, sync
+
+    store = _open_store(config)
+    try:
+        done = sync(config, store, args.address)
+    except (SieveError, OSError) as exc:
+        raise CliError(f"sieve sync: {exc}") from None
+    finally:
+        store.close()
+    print(f"{config.sieve.method}: {len(done)} script(s): {' '.join(done)}")
+    return EXIT_OK
 
 
 def _rows_for(store: Any, key: str) -> dict[str, Any]:

@@ -451,6 +451,9 @@ plugin {{
   # admin-generated, per recipient; a missing file is skipped. The compiled binary goes to a
   # directory the mail uid can write (else "binary save ... Permission denied").
   sieve_before = file:{d}/sieve-before/%u.sieve;bindir={d}/sieve-bin/%u
+  # lmtpfilter's documented chain: the user's script, the domain's, then the default.
+  sieve_before2 = file:{d}/sieve-before/@%d.sieve;bindir={d}/sieve-bin/@%d
+  sieve_before3 = file:{d}/sieve-before/default.sieve;bindir={d}/sieve-bin/default
 }}
 """
 
