@@ -24,7 +24,7 @@ from tests.lmtp_tools import lmtp_session
 
 pytestmark = pytest.mark.integration
 
-J, I, D, U = "junk@example.org", "inbox@example.org", "gone@example.org", "plain@example.org"
+J, IN, D, U = "junk@example.org", "inbox@example.org", "gone@example.org", "plain@example.org"
 H, X = "hostile@example.org", "x@other.org"
 M1, M2, M3 = "m1@example.org", "m2@example.org", "m3@example.org"
 HOSTILE = 'Junk"; discard; "'
@@ -55,7 +55,7 @@ def start_filter(factory: type[FilterProcess], base: Path, dc: Dovecot, spamd: S
 
 @pytest.fixture(scope="module")
 def dir_dovecot(daemon_base: Path) -> Iterator[Dovecot]:
-    dc = start_dovecot(daemon_base / "svd", [J, I, D, U, H, X])
+    dc = start_dovecot(daemon_base / "svd", [J, IN, D, U, H, X])
     try:
         yield dc
     finally:
@@ -67,7 +67,7 @@ def dir_filter(filter_process: type[FilterProcess], daemon_base: Path, dir_dovec
                spamd: Spamd) -> FilterProcess:
     proc = start_filter(filter_process, daemon_base, dir_dovecot, spamd,
                         f'method = "directory"\ndirectory = "{dir_dovecot.sieve_before_dir}"')
-    for address, destiny in ((J, "junk"), (I, "inbox"), (D, "discard")):
+    for address, destiny in ((J, "junk"), (IN, "inbox"), (D, "discard")):
         result = cli(proc, "user", "set", address, "--junk-destiny", destiny)
         assert result.returncode == 0, result.stderr
     synced = cli(proc, "sieve", "sync")
@@ -78,23 +78,23 @@ def dir_filter(filter_process: type[FilterProcess], daemon_base: Path, dir_dovec
 async def test_one_transaction_three_destinies(dir_filter: FilterProcess,
                                                dir_dovecot: Dovecot) -> None:
     dc = dir_dovecot
-    for user in (J, I, D):
+    for user in (J, IN, D):
         script = dc.sieve_before_dir / f"{user}.sieve"
         assert script.exists() and 'header :is "X-Spam-Flag" "YES"' in script.read_text()
-    before = {u: (count(dc, u), count(dc, u, "Junk")) for u in (J, I, D)}
-    result = await lmtp_session(dir_filter.listen, "s@example.net", [J, I, D], spam())
+    before = {u: (count(dc, u), count(dc, u, "Junk")) for u in (J, IN, D)}
+    result = await lmtp_session(dir_filter.listen, "s@example.net", [J, IN, D], spam())
     assert [r[:9] for r in result.data_replies] == ["250 2.0.0"] * 3
     dc.wait_for_messages(J, before[J][1] + 1, folder="Junk")
-    dc.wait_for_messages(I, before[I][0] + 1)
+    dc.wait_for_messages(IN, before[IN][0] + 1)
     assert count(dc, J) == before[J][0]
-    assert count(dc, I, "Junk") == before[I][1]
+    assert count(dc, IN, "Junk") == before[IN][1]
     assert (count(dc, D), count(dc, D, "Junk")) == before[D]  # discarded
     # Ham stays in the inbox for everyone.
-    ham = await lmtp_session(dir_filter.listen, "s@example.net", [J, I, D],
+    ham = await lmtp_session(dir_filter.listen, "s@example.net", [J, IN, D],
                              message("lunch tomorrow?"))
     assert [r[:9] for r in ham.data_replies] == ["250 2.0.0"] * 3
-    for user in (J, I, D):
-        dc.wait_for_messages(user, before[user][0] + (2 if user == I else 1))
+    for user in (J, IN, D):
+        dc.wait_for_messages(user, before[user][0] + (2 if user == IN else 1))
     assert "Error" not in dc.log_text().replace("Error: (none)", "")
 
 
@@ -190,8 +190,8 @@ async def test_managesieve_installer(filter_process: type[FilterProcess], daemon
         'method = "managesieve"', f'managesieve_address = "127.0.0.1:{dc.managesieve_port}"',
         f'managesieve_user = "{MASTER_USER}"', f'managesieve_password_file = "{secret}"']))
     for address, destiny in ((M1, "junk"), (M2, "inbox"), (M3, "discard")):
-        result = cli(proc, "user", "set", address, "--junk-destiny", destiny)
-        assert result.returncode == 0, result.stderr
+        installed = cli(proc, "user", "set", address, "--junk-destiny", destiny)
+        assert installed.returncode == 0, installed.stderr
     result = await lmtp_session(proc.listen, "s@example.net", [M1, M2, M3], spam())
     assert [r[:9] for r in result.data_replies] == ["250 2.0.0"] * 3
     dc.wait_for_messages(M1, 1, folder="Junk")
