@@ -95,7 +95,10 @@ protocol lmtp {
 }
 plugin {
   sieve = file:~/sieve;active=~/.dovecot.sieve
-  sieve_before = file:$d/sieve-before/%u.sieve;bindir=$d/sieve-bin/%u
+  # lmtpfilter's per-user spam destiny scripts: the user's, the domain's, the default
+  sieve_before = file:$d/sieve-before/%u.sieve
+  sieve_before2 = file:$d/sieve-before/@%d.sieve
+  sieve_before3 = file:$d/sieve-before/default.sieve
 }
 CONF
   doveconf -c "$d/dovecot.conf" -n > /dev/null
@@ -184,6 +187,10 @@ policy_cache_ttl = "5s"      # so that \`lmtpfilter user set\` shows quickly
 [quarantine]
 directory = "$ROOT/quarantine"
 
+[sieve]
+method = "directory"
+directory = "$ROOT/dovecot/sieve-before"
+
 [clamav]
 address = "unix:$ROOT/clamd/clamd.sock"
 
@@ -198,6 +205,7 @@ virus_destiny = "discard"    # quarantined, 250 2.7.0
 CONF
   "$PREFIX/venv/bin/lmtpfilter" check-config -c "$ROOT/lmtpfilter.toml" > /dev/null
   "$PREFIX/venv/bin/lmtpfilter" db upgrade -c "$ROOT/lmtpfilter.toml" > /dev/null
+  "$PREFIX/venv/bin/lmtpfilter" sieve sync -c "$ROOT/lmtpfilter.toml" > /dev/null
   setsid "$PREFIX/venv/bin/lmtpfilter" serve -c "$ROOT/lmtpfilter.toml" \
     >> "$ROOT/lmtpfilter.log" 2>&1 < /dev/null &
   echo $! > "$ROOT/lmtpfilter.pid"
@@ -240,7 +248,8 @@ Send a message through the filter (one LMTP reply per recipient comes back):
   swaks --server 127.0.0.1:$FILTER_PORT --protocol LMTP --from you@example.net \\
         --to alice@example.org,bob@example.org,nobody@example.org
 
-Spam (GTUBE scores 1000): delivered with X-Spam-Flag: YES and "[SPAM]" in the Subject
+Spam (GTUBE scores 1000): X-Spam-Flag: YES, "[SPAM]" in the Subject, filed into Junk by the
+generated Sieve script (ls $ROOT/dovecot/mail/example.org/alice/Maildir/.Junk/new/)
   swaks --server 127.0.0.1:$FILTER_PORT --protocol LMTP --to alice@example.org \\
         --body 'XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X'
 
@@ -251,6 +260,7 @@ A virus (a ClamAV test file attached): quarantined, "250 2.7.0 ... quarantined a
   lmtpfilter quarantine list; lmtpfilter quarantine show ID; lmtpfilter quarantine release ID
   lmtpfilter log --since 1h
   lmtpfilter user set bob@example.org --virus-destiny pass    # per-user policy
+  lmtpfilter user set bob@example.org --junk-destiny inbox     # bob keeps spam in his inbox
 
 Where it lands:
   ls $ROOT/dovecot/mail/example.org/alice/Maildir/new/
