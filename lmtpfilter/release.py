@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
@@ -24,6 +28,32 @@ from .store import QuarantineRecord, Store
 
 class ReleaseError(Exception):
     pass
+
+
+class _Held:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> _Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def shared_lock(directory: Path, timeout: float = 60.0) -> _Held:
+    """Wait (up to `timeout`) for a running janitor pass, then hold the lock shared."""
+    fd = os.open(directory / ".janitor.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return _Held(fd)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise ReleaseError("the janitor is running; try again in a moment") from None
+            time.sleep(0.2)
 
 
 @dataclass
@@ -48,13 +78,18 @@ async def release(config: Config, store: Store, qid: str, to: Sequence[str] = ()
     if record.released_at is not None and not force:
         raise ReleaseError(f"{qid} was already released on {record.released_at:%Y-%m-%d %H:%M} "
                            f"to {record.released_to}; use --force to release it again")
-    data = await asyncio.to_thread(files.read, record)
     recipients = list(to) or record.recipient_list
-    downstream = Downstream(config.downstream, config.hostname)
-    try:
-        replies = await downstream.deliver(Envelope(record.sender, recipients), [data])
-    finally:
-        await downstream.close()
+    # Shared lock: the janitor (exclusive) cannot expire the file while it is released.
+    with await asyncio.to_thread(shared_lock, config.quarantine.directory):
+        try:
+            data = await asyncio.to_thread(files.read, record)
+        except FileNotFoundError:
+            raise ReleaseError(f"{qid}: the file is gone (expired by the janitor?)") from None
+        downstream = Downstream(config.downstream, config.hostname)
+        try:
+            replies = await downstream.deliver(Envelope(record.sender, recipients), [data])
+        finally:
+            await downstream.close()
     results = list(zip(recipients, replies, strict=True))
 
     def save(session: Session) -> QuarantineRecord:

@@ -1,0 +1,1 @@
+"""lmtpfilter-janitor: keeps the quarantine within its budget and the verdict store bounded."""
