@@ -244,13 +244,15 @@ async def test_quarantining_while_the_janitor_runs(proc: FilterProcess) -> None:
     sessions = [lmtp_session(proc.listen, "s@example.net", [U3],
                              message(f"burst {i}", attachment=("x.com", EICAR)))
                 for i in range(20)]
-    results = await asyncio.gather(*sessions, *(janitor_run() for _ in range(3)))
-    replies = [r.data_replies[0] for r in results[:20]]  # type: ignore[union-attr]
+    sent, exits = await asyncio.gather(asyncio.gather(*sessions),
+                                       asyncio.gather(*(janitor_run() for _ in range(3))))
+    replies = [r.data_replies[0] for r in sent]
     assert all(r.startswith("250 2.7.0 Ok, discarded, quarantined as ") for r in replies)
-    assert results[20:] == [0, 0, 0]
+    assert exits == [0, 0, 0]
     ids = {r.rsplit(" ", 1)[1] for r in replies}
     assert len(ids) == 20
-    rows = dict(db(proc, "select id, expired_at from quarantine"))
+    rows: dict[object, object] = {r[0]: r[1] for r in
+                                  db(proc, "select id, expired_at from quarantine")}
     on_disk = {f.name.split(".")[0] for f in quarantine_files(proc)}
     assert ids <= set(rows)  # every acknowledged message has its row...
     assert all(rows[i] is None and i in on_disk for i in ids)  # ...and its file
