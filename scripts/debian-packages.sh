@@ -12,9 +12,11 @@ LMTPFILTER_DEB_PACKAGES=(
   postgresql                                # the store's tests run on PostgreSQL too
 )
 
-install_debian_packages() {
+install_debian_packages() {  # [PACKAGE...] (default: all of the above)
   local missing=() pkg
-  for pkg in "${LMTPFILTER_DEB_PACKAGES[@]}"; do
+  local wanted=("$@")
+  [ ${#wanted[@]} -gt 0 ] || wanted=("${LMTPFILTER_DEB_PACKAGES[@]}")
+  for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
       || missing+=("$pkg")
   done
@@ -34,6 +36,6 @@ install_debian_packages() {
 # The tests use an editable install with the test tools: make_venv .venv -e ".[test]"
 make_venv() {
   local venv=$1; shift
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "${@:-.}"
 }

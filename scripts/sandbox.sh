@@ -215,7 +215,7 @@ CONF
 up() {
   install_debian_packages
   mkdir -p "$PREFIX"
-  make_venv "$PREFIX/venv" --upgrade .
+  PYTHON=/usr/bin/python3 make_venv "$PREFIX/venv" --upgrade .
   ln -sf "$PREFIX/venv/bin/lmtpfilter" /usr/local/bin/lmtpfilter
   mkdir -p "$ROOT"
   down > /dev/null

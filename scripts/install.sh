@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Install lmtpfilter for production on Debian 12, as root. Idempotent: run it again after an
+# upgrade (it keeps your config, upgrades the package and the database schema).
+#
+#   creates the system user and group `lmtpfilter` (and adds `postfix` to the group, for the
+#     unix socket);
+#   installs lmtpfilter into a virtualenv in /opt/lmtpfilter/venv;
+#   /etc/lmtpfilter/lmtpfilter.toml from etc/lmtpfilter.toml if there is none (root:lmtpfilter
+#     0640); /var/lib/lmtpfilter (0751: Dovecot must reach sieve/) with sieve/ (0755) and
+#     quarantine/ (0700);
+#   runs `lmtpfilter db upgrade` and `lmtpfilter sieve sync` as lmtpfilter;
+#   installs the systemd units (and reloads systemd when it runs). It enables nothing: see the
+#     README for `systemctl enable --now lmtpfilter lmtpfilter-janitor.timer`.
+#
+# The locations can be moved for tests: LMTPFILTER_PREFIX (/opt/lmtpfilter), LMTPFILTER_ETC
+# (/etc/lmtpfilter), LMTPFILTER_STATE (/var/lib/lmtpfilter), LMTPFILTER_UNITS
+# (/etc/systemd/system).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/debian-packages.sh
+
+PREFIX=${LMTPFILTER_PREFIX:-/opt/lmtpfilter}
+ETC=${LMTPFILTER_ETC:-/etc/lmtpfilter}
+STATE=${LMTPFILTER_STATE:-/var/lib/lmtpfilter}
+UNITS=${LMTPFILTER_UNITS:-/etc/systemd/system}
+USER_NAME=lmtpfilter
+
+[ "$(id -u)" -eq 0 ] || { echo "install.sh: run as root" >&2; exit 2; }
+
+if ! getent group "$USER_NAME" > /dev/null; then groupadd --system "$USER_NAME"; fi
+if ! getent passwd "$USER_NAME" > /dev/null; then
+  useradd --system --gid "$USER_NAME" --home-dir "$STATE" --no-create-home \
+          --shell /usr/sbin/nologin "$USER_NAME"
+fi
+if getent passwd postfix > /dev/null; then usermod -aG "$USER_NAME" postfix; fi
+
+# Debian's own Python: the service user must be able to run it (a Python under /root would
+# not do), and it is the one security updates reach.
+install_debian_packages python3 python3-venv
+mkdir -p "$PREFIX"
+PYTHON=/usr/bin/python3 make_venv "$PREFIX/venv" --upgrade .
+
+install -d -m 0750 -o root -g "$USER_NAME" "$ETC"
+CONFIG=$ETC/lmtpfilter.toml
+if [ ! -e "$CONFIG" ]; then
+  sed -e "s#/var/lib/lmtpfilter#$STATE#g" etc/lmtpfilter.toml > "$CONFIG"
+  chown root:"$USER_NAME" "$CONFIG"
+  chmod 0640 "$CONFIG"
+  echo "wrote $CONFIG: review it"
+fi
+install -d -m 0751 -o "$USER_NAME" -g "$USER_NAME" "$STATE"
+install -d -m 0755 -o "$USER_NAME" -g "$USER_NAME" "$STATE/sieve"
+install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "$STATE/quarantine"
+
+run_as() { runuser -u "$USER_NAME" -- env LMTPFILTER_CONFIG="$CONFIG" "$@"; }
+run_as "$PREFIX/venv/bin/lmtpfilter" check-config > /dev/null
+run_as "$PREFIX/venv/bin/lmtpfilter" db upgrade
+run_as "$PREFIX/venv/bin/lmtpfilter" sieve sync
+
+mkdir -p "$UNITS"
+for unit in systemd/*; do
+  sed -e "s#/opt/lmtpfilter#$PREFIX#g" -e "s#/etc/lmtpfilter#$ETC#g" \
+      -e "s#/var/lib/lmtpfilter#$STATE#g" "$unit" > "$UNITS/$(basename "$unit")"
+  chmod 0644 "$UNITS/$(basename "$unit")"
+done
+if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+echo "lmtpfilter installed in $PREFIX; next: systemctl enable --now lmtpfilter lmtpfilter-janitor.timer"
