@@ -265,13 +265,12 @@ class Sweeper:
         release any more)."""
         last = ""
         while True:
-            rows = self.store.transaction(partial(_live_rows_after, after=last), durable=False)
+            rows = self.store.transaction(partial(_rows_after, after=last), durable=False)
             if not rows:
                 break
             last = rows[-1][0]
-            missing = [qid for qid, path in rows
-                       if not (self.root / path).is_file()
-                       or (self.root / path).is_symlink()]
+            missing = [qid for qid, path, live in rows if live
+                       and (not (self.root / path).is_file() or (self.root / path).is_symlink())]
             self.summary.orphan_rows += len(missing)
             for qid in missing:
                 log.warning("janitor: quarantine row %s has no file", qid)
@@ -336,12 +335,15 @@ def _mark_expired(session: Session, ids: list[str], when: dt.datetime) -> None:
                     .values(expired_at=when))
 
 
-def _live_rows_after(session: Session, after: str) -> list[tuple[str, str]]:
-    rows = session.execute(select(QuarantineRecord.id, QuarantineRecord.path)
-                           .where(QuarantineRecord.expired_at.is_(None),
-                                  QuarantineRecord.id > after)
+def _rows_after(session: Session, after: str) -> list[tuple[str, str, bool]]:
+    """The next batch by primary key (id, path, live). Paging on the key alone keeps each
+    query an index range scan; filtering on expired_at here would make SQLite sort every
+    live row for every batch."""
+    rows = session.execute(select(QuarantineRecord.id, QuarantineRecord.path,
+                                  QuarantineRecord.expired_at)
+                           .where(QuarantineRecord.id > after)
                            .order_by(QuarantineRecord.id).limit(BATCH)).all()
-    return [(qid, path) for qid, path in rows]
+    return [(qid, path, expired is None) for qid, path, expired in rows]
 
 
 def _prune_messages(session: Session, ids: list[str]) -> None:
