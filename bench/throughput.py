@@ -86,10 +86,15 @@ async def drive_scanners(clamd: ClamdScanner | None, spamd: SpamdScanner | None,
 
 
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """The largest peak RSS among the process and its children (the workers)."""
+    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)],
+                                                  capture_output=True, text=True).stdout.split()]
+    peak = 0.0
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]) / 1024)
+    return peak
 
 
 def wait_banner(port: int) -> None:
@@ -108,6 +113,7 @@ def wait_banner(port: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modes", default="none,clamav,full")
+    parser.add_argument("--workers", type=int, default=1, help="[server].workers")
     parser.add_argument("--messages", type=int, default=2000,
                         help="messages per run at 16 sessions and 10 KB (others scale down)")
     args = parser.parse_args()
@@ -127,7 +133,7 @@ def main() -> int:
         print(f"{'mode':<7} {'sessions':>8} {'size':>6} {'filter msg/s':>13} "
               f"{'limit msg/s':>12} {'ratio':>6} {'filter RSS':>11}")
         for mode in modes:
-            run_mode(mode, base, sink.port, clamd, spamd, args.messages)
+            run_mode(mode, base, sink.port, clamd, spamd, args.messages, args.workers)
     finally:
         for d in reversed(daemons):
             d.stop()  # type: ignore[attr-defined]
@@ -136,10 +142,11 @@ def main() -> int:
 
 
 def run_mode(mode: str, base: Path, sink_port: int, clamd: object, spamd: object,
-             messages: int) -> None:
+             messages: int, workers: int = 1) -> None:
     port = free_port()
     config: dict[str, dict[str, object]] = {
-        "server": {"listen": [f"127.0.0.1:{port}"], "hostname": "bench.example"},
+        "server": {"listen": [f"127.0.0.1:{port}"], "hostname": "bench.example",
+                   "workers": workers},
         "downstream": {"address": f"127.0.0.1:{sink_port}", "max_idle_connections": 32},
         "clamav": {"enabled": mode in ("clamav", "full")},
         "spamassassin": {"enabled": mode == "full"},

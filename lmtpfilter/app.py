@@ -77,9 +77,12 @@ async def log_scanner_versions(config: Config) -> None:
 
 
 async def serve(config: Config, services: Services,
-                sockets: Sequence[socket.socket] | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain gracefully (421 after the timeout)."""
-    server = FilterServer(config, services.pipeline.process)
+                sockets: Sequence[socket.socket] | None = None,
+                owns_sockets: bool = True) -> None:
+    """Run until SIGTERM/SIGINT, then drain gracefully (421 after the timeout).
+
+    owns_sockets=False (a worker): the unix socket files belong to the supervisor."""
+    server = FilterServer(config, services.pipeline.process, unlink_on_shutdown=owns_sockets)
     await server.start(sockets)
     await log_scanner_versions(config)
     outbox = asyncio.create_task(services.outbox.run_forever())

@@ -160,17 +160,36 @@ def _open_store(config: cfg.Config) -> Any:
 
 
 def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
-    from .app import build, serve
-
     store = _open_store(config)  # before logging is set up: a refusal is one line
     store.close()
     logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if config.server.workers == 1:
+        return _serve_one(config, None)
+    from .server import bind, unlink_sockets
+    from .workers import Supervisor
+
+    try:
+        sockets = [bind(a, config.server.socket_mode) for a in config.server.listen]
+    except OSError as exc:
+        raise CliError(f"cannot listen: {exc}") from None
+    supervisor = Supervisor(config.server.workers, sockets,
+                            lambda socks: _serve_one(config, socks, worker=True),
+                            stop_timeout=config.server.shutdown_timeout + 10)
+    try:
+        return supervisor.run()
+    finally:
+        unlink_sockets(config.server.listen)
+
+
+def _serve_one(config: cfg.Config, sockets: Any, worker: bool = False) -> int:
+    from .app import build, serve
+
     services = build(config)
     try:
-        asyncio.run(serve(config, services))
+        asyncio.run(serve(config, services, sockets, owns_sockets=not worker))
     except OSError as exc:
         raise CliError(str(exc)) from None
     finally:

@@ -297,8 +297,10 @@ def _unstuffed_size(buf: bytearray) -> int:
 class FilterServer:
     """The listeners, the live sessions, and graceful shutdown."""
 
-    def __init__(self, config: Config, process: Processor) -> None:
+    def __init__(self, config: Config, process: Processor,
+                 unlink_on_shutdown: bool = True) -> None:
         self.config = config
+        self.unlink_on_shutdown = unlink_on_shutdown
         self.process = process
         self.hostname = config.hostname
         self.sessions: set[LMTPSession] = set()
@@ -346,9 +348,8 @@ class FilterServer:
             task.cancel()
         for srv in self._servers:
             await srv.wait_closed()
-        for address in self.config.server.listen:
-            if address.is_unix:
-                _unlink_socket(address.path)
+        if self.unlink_on_shutdown:
+            unlink_sockets(self.config.server.listen)
 
 
 def bind(address: Address, mode: int) -> socket.socket:
@@ -372,6 +373,12 @@ def bind(address: Address, mode: int) -> socket.socket:
     sock.listen(512)
     sock.setblocking(False)
     return sock
+
+
+def unlink_sockets(addresses: Sequence[Address]) -> None:
+    for address in addresses:
+        if address.is_unix:
+            _unlink_socket(address.path)
 
 
 def _unlink_socket(path: str) -> None:
