@@ -10,6 +10,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import metrics
 from .clamav import ClamdScanner, probe_version
 from .config import Config
 from .downstream import Downstream
@@ -64,6 +65,24 @@ def build(config: Config) -> Services:
     return Services(store, pipeline, Outbox(store, config.notify, config.notify.interval))
 
 
+async def quarantine_gauges(store: Store, interval: float = 15.0) -> None:
+    """Keep the quarantine size gauges current (from the live rows)."""
+    from sqlalchemy import func, select
+
+    from .store import QuarantineRecord
+
+    while True:
+        try:
+            files, size = await store.run(lambda s: s.execute(
+                select(func.count(), func.coalesce(func.sum(QuarantineRecord.size), 0))
+                .where(QuarantineRecord.expired_at.is_(None))).one(), durable=False)
+            metrics.QUARANTINE_FILES.set(files)
+            metrics.QUARANTINE_SIZE.set(size)
+        except Exception:
+            log.warning("metrics: could not read the quarantine size", exc_info=True)
+        await asyncio.sleep(interval)
+
+
 async def log_scanner_versions(config: Config) -> None:
     """Say at start-up which clamd we talk to; a clamd that is down is only a warning here
     (mail is tempfailed while it is down, and it may come up after us)."""
@@ -78,7 +97,8 @@ async def log_scanner_versions(config: Config) -> None:
 
 async def serve(config: Config, services: Services,
                 sockets: Sequence[socket.socket] | None = None,
-                owns_sockets: bool = True) -> None:
+                owns_sockets: bool = True,
+                metrics_sock: socket.socket | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain gracefully (421 after the timeout).
 
     owns_sockets=False (a worker): the unix socket files belong to the supervisor."""
@@ -86,6 +106,8 @@ async def serve(config: Config, services: Services,
     await server.start(sockets)
     await log_scanner_versions(config)
     outbox = asyncio.create_task(services.outbox.run_forever())
+    metrics_http = await metrics.serve_http(metrics_sock) if metrics_sock else None
+    gauges = asyncio.create_task(quarantine_gauges(services.store)) if metrics_sock else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -97,8 +119,12 @@ async def serve(config: Config, services: Services,
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        outbox.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await outbox
+        for task in (outbox, gauges):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if metrics_http is not None:
+            metrics_http.close()
         await services.pipeline.downstream.close()
     log.info("stopped")

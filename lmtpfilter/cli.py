@@ -166,30 +166,56 @@ def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    if config.server.workers == 1:
-        return _serve_one(config, None)
-    from .server import bind, unlink_sockets
-    from .workers import Supervisor
+    metrics_dir = _metrics_dir(config)
+    try:
+        from .server import bind, unlink_sockets
 
-    try:
-        sockets = [bind(a, config.server.socket_mode) for a in config.server.listen]
-    except OSError as exc:
-        raise CliError(f"cannot listen: {exc}") from None
-    supervisor = Supervisor(config.server.workers, sockets,
-                            lambda socks: _serve_one(config, socks, worker=True),
-                            stop_timeout=config.server.shutdown_timeout + 10)
-    try:
-        return supervisor.run()
+        try:
+            metrics_sock = (bind(config.metrics.listen, 0o600)
+                            if config.metrics.listen is not None else None)
+            if config.server.workers == 1:
+                return _serve_one(config, None, metrics_sock)
+            sockets = [bind(a, config.server.socket_mode) for a in config.server.listen]
+        except OSError as exc:
+            raise CliError(f"cannot listen: {exc}") from None
+        from .workers import Supervisor
+
+        supervisor = Supervisor(config.server.workers, sockets,
+                                lambda socks: _serve_one(config, socks, metrics_sock,
+                                                         worker=True),
+                                stop_timeout=config.server.shutdown_timeout + 10)
+        try:
+            return supervisor.run()
+        finally:
+            unlink_sockets(config.server.listen)
     finally:
-        unlink_sockets(config.server.listen)
+        if metrics_dir:
+            import shutil
+
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _serve_one(config: cfg.Config, sockets: Any, worker: bool = False) -> int:
+def _metrics_dir(config: cfg.Config) -> str | None:
+    """With [metrics].listen, every process keeps its samples in one directory, created
+    here before prometheus-client is imported (it picks its storage mode at import)."""
+    if config.metrics.listen is None:
+        return None
+    import os
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="lmtpfilter-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+def _serve_one(config: cfg.Config, sockets: Any, metrics_sock: Any,
+               worker: bool = False) -> int:
     from .app import build, serve
 
     services = build(config)
     try:
-        asyncio.run(serve(config, services, sockets, owns_sockets=not worker))
+        asyncio.run(serve(config, services, sockets, owns_sockets=not worker,
+                          metrics_sock=metrics_sock))
     except OSError as exc:
         raise CliError(str(exc)) from None
     finally:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
 
+from . import metrics
 from .headers import encode_tag, is_forgeable
 from .message import Message
 from .pipeline import Recipient, Transaction
@@ -47,6 +48,13 @@ class FilterStage:
         need_virus = any(not p.bypass_virus_checks for p in policies.values())
         need_spam = any(not p.bypass_spam_checks for p in policies.values())
         tx.scan = await self.scan(tx.message.data, need_virus, need_spam)
+        for name, status, seconds in (("clamav", tx.scan.virus.status, tx.scan.virus.seconds),
+                                      ("spamassassin", tx.scan.spam.status,
+                                       tx.scan.spam.seconds)):
+            if status is Status.ERROR:
+                metrics.SCAN_ERRORS.labels(name).inc()
+            elif status not in (Status.DISABLED, Status.SKIPPED):
+                metrics.SCAN_SECONDS.labels(name).observe(seconds)
         if tx.scan.virus.status is Status.ERROR or tx.scan.spam.status is Status.ERROR:
             log.warning("tx=%s scanner failure: %s", tx.id,
                         "; ".join(e for e in (tx.scan.virus.error, tx.scan.spam.error) if e))

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Protocol
 
+from . import metrics
 from .downstream import Downstream
 from .lmtp_protocol import Envelope
 from .message import Message, fold
@@ -114,6 +115,7 @@ class Pipeline:
     async def process(self, tx: Transaction) -> list[Reply]:
         """One reply per recipient, in RCPT order; never raises (except cancellation)."""
         recipients = [Recipient(a, i) for i, a in enumerate(tx.recipients)]
+        metrics.INFLIGHT.inc()
         try:
             for stage in self.stages:
                 await stage(tx, recipients)
@@ -128,6 +130,8 @@ class Pipeline:
                 # The mail itself is settled (delivered, quarantined or refused); answering
                 # 4xx now would deliver it twice on retry. The record is what is missing.
                 log.exception("tx=%s could not record the verdicts", tx.id)
+        metrics.INFLIGHT.dec()
+        count(recipients, replies)
         log.info("tx=%s from=<%s> size=%d %s", tx.id, tx.sender, len(tx.message.data),
                  " ".join(f"<{r.address}>={rep.code}" for r, rep in zip(recipients, replies,
                                                                       strict=True)))
@@ -163,9 +167,19 @@ class Pipeline:
         replies = await self.downstream.deliver(envelope, body)
         for member, reply in zip(members, replies, strict=True):
             member.reply = reply
+            metrics.DOWNSTREAM.labels(f"{reply.code // 100}xx").inc()
 
     def received_header(self, tx: Transaction) -> bytes:
         return received_header(tx, self.hostname)
+
+
+def count(recipients: Sequence[Recipient], replies: Sequence[Reply]) -> None:
+    metrics.MESSAGES.inc()
+    for r, reply in zip(recipients, replies, strict=True):
+        d = r.decision
+        action = "error" if reply is not r.reply else d.action.value if d else "deliver"
+        metrics.RECIPIENTS.labels(action, d.category.value if d else "clean").inc()
+        metrics.REPLIES.labels(f"{reply.code // 100}xx").inc()
 
 
 def received_header(tx: Transaction, hostname: str) -> bytes:

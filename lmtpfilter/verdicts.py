@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from . import metrics
 from .config import Config
 from .filtering import DISCARD_PENDING
 from .headers import number, quarantine_id
@@ -98,6 +99,7 @@ class QuarantineStage:
             log.exception("tx=%s quarantine failed; discarded recipients deferred", tx.id)
             return
         tx.quarantine_id = qid
+        metrics.QUARANTINED.labels(worst.value).inc()
         for r in discard:
             r.reply = quarantined(qid) if r in keep else DISCARDED
         log.info("tx=%s quarantined as %s (%s)", tx.id, qid, worst.value)
@@ -110,6 +112,7 @@ class QuarantineStage:
         size_estimate = sum(len(c) for c in chunks)
         await self.store.run(lambda s: self.files.check_budget(s, size_estimate))
         stored: StoredFile = await asyncio.to_thread(self.files.write, qid, created, chunks)
+        metrics.QUARANTINED_BYTES.inc(stored.size)
         reason, detail = reason_of(tx.scan, category)
         subject = tx.message.header_text("subject")
         record = QuarantineRecord(

@@ -80,6 +80,10 @@ class Supervisor:
                 continue
             log.error("worker %d died (%s); starting another", pid, _describe(status))
             self.restarts += 1
+            from . import metrics  # imported late: `serve` set up the metrics directory
+
+            metrics.WORKER_RESTARTS.inc()
+            metrics.mark_process_dead(pid)
             try:
                 if time.monotonic() - started < QUICK_DEATH:
                     time.sleep(RESTART_PAUSE)
