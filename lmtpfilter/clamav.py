@@ -15,11 +15,13 @@ Anything but OK or FOUND is an error, never "clean".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
 
 from .config import Address, ClamavConfig
+from .downstream import write_all
 from .scanresult import Status, VirusResult
 
 log = logging.getLogger(__name__)
@@ -82,11 +84,9 @@ class ClamdScanner:
                 chunk = view[offset: offset + CHUNK]
                 parts += [struct.pack(">I", len(chunk)), chunk]
             parts.append(struct.pack(">I", 0))
-            try:
-                writer.writelines(parts)
-                await writer.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # clamd stops reading at StreamMaxLength; its reply says so
+            # clamd stops reading at StreamMaxLength; its reply says so.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await write_all(writer, parts)
             raw = await reader.read(MAX_REPLY)
             while raw and not raw.endswith(b"\0"):
                 more = await reader.read(MAX_REPLY)

@@ -21,6 +21,30 @@ log = logging.getLogger(__name__)
 READ_SIZE = 65536
 
 
+SLICE = 256 * 1024
+
+
+async def write_all(writer: asyncio.StreamWriter, buffers: Sequence[bytes | bytearray |
+                                                                   memoryview]) -> None:
+    """Write buffers in slices, waiting for the socket between them: the transport never
+    holds a copy of a big message (writelines() would join everything into one)."""
+    small: list[bytes | bytearray | memoryview] = []
+    for buf in buffers:
+        if len(buf) <= SLICE:
+            small.append(buf)
+            continue
+        if small:
+            writer.write(b"".join(small))
+            small = []
+        view = memoryview(buf)
+        for offset in range(0, len(view), SLICE):
+            writer.write(view[offset: offset + SLICE])
+            await writer.drain()
+    if small:
+        writer.write(b"".join(small))
+    await writer.drain()
+
+
 class _Connection:
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, local_name: str
@@ -32,9 +56,8 @@ class _Connection:
     async def _flush(self, timeout: float) -> None:
         data = self.protocol.data_to_send()
         if data:
-            self.writer.writelines(data)
             async with asyncio.timeout(timeout):
-                await self.writer.drain()
+                await write_all(self.writer, data)
 
     async def _pump(self, timeout: float, until: str) -> None:
         """Write what the protocol wants written and feed it replies until `until` holds.
@@ -59,7 +82,8 @@ class _Connection:
         await self._pump(timeout, "ready")
 
     async def transaction(
-        self, envelope: Envelope, body: Sequence[bytes | memoryview], timeout: float
+        self, envelope: Envelope, body: Sequence[bytes | bytearray | memoryview],
+        timeout: float
     ) -> tuple[list[Reply], bool]:
         """Run one transaction; returns the results and whether the server replied at all."""
         self.protocol.start_transaction(envelope, body)

@@ -79,9 +79,21 @@ class ReplyParser:
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
+Chunk = bytes | bytearray | memoryview
 
-def encode_chunk(chunk: bytes | bytearray | memoryview) -> bytes:
-    """CRLF-normalise and dot-stuff one piece of a message that starts at a line start."""
+# What makes a piece need encoding: a bare LF, or a line that starts with a dot. The regex
+# scans a memoryview in place, so a body that needs nothing is never copied.
+_NEEDS_ENCODING = re.compile(rb"(?<!\r)\n|\n\.|\A\.")
+
+
+def encode_chunk(chunk: Chunk) -> Chunk:
+    """CRLF-normalise and dot-stuff one piece of a message that starts at a line start.
+
+    A piece that needs neither (the usual case) is returned as it is, not copied: a large
+    body then exists once in memory, not three times.
+    """
+    if _NEEDS_ENCODING.search(chunk) is None:
+        return chunk
     data = bytes(chunk)
     if data.count(b"\n") != data.count(b"\r\n"):
         data = _BARE_LF.sub(b"\r\n", data)
@@ -90,13 +102,13 @@ def encode_chunk(chunk: bytes | bytearray | memoryview) -> bytes:
     return data.replace(b"\r\n.", b"\r\n..")
 
 
-def encode_body(chunks: Iterable[bytes | bytearray | memoryview]) -> list[bytes]:
+def encode_body(chunks: Iterable[Chunk]) -> list[Chunk]:
     """The DATA payload: every chunk encoded, a final CRLF if missing, then the end marker.
 
     Chunks must each start at the beginning of a line (header block, then body).
     """
     out = [encode_chunk(c) for c in chunks if len(c)]
-    if out and not out[-1].endswith(b"\r\n"):
+    if out and bytes(memoryview(out[-1])[-2:]) != b"\r\n":
         out.append(b"\r\n")
     out.append(b".\r\n")
     return out
@@ -130,7 +142,7 @@ class Envelope:
 @dataclass
 class _Transaction:
     envelope: Envelope
-    body: list[bytes]
+    body: list[Chunk]
     results: list[Reply | None]
     mail_reply: Reply | None = None
     accepted: list[int] = field(default_factory=list)  # indexes of recipients with 2xx RCPT
@@ -154,11 +166,11 @@ class ClientConnection:
         self.failure: Reply | None = None  # why the connection is unusable, if it is
         self._parser = ReplyParser()
         self._expect: deque[tuple[Expect, int]] = deque([(Expect.GREETING, 0)])
-        self._out: list[bytes] = []
+        self._out: list[Chunk] = []
         self._tx: _Transaction | None = None
 
     # ---- output -------------------------------------------------------------------------
-    def data_to_send(self) -> list[bytes]:
+    def data_to_send(self) -> list[Chunk]:
         """The bytes to write now, as a list of buffers for one writelines()."""
         out, self._out = self._out, []
         return out
@@ -172,9 +184,7 @@ class ClientConnection:
         return "PIPELINING" in self.capabilities
 
     # ---- transactions -------------------------------------------------------------------
-    def start_transaction(
-        self, envelope: Envelope, body: Iterable[bytes | bytearray | memoryview]
-    ) -> None:
+    def start_transaction(self, envelope: Envelope, body: Iterable[Chunk]) -> None:
         if self.state is not State.READY:
             raise RuntimeError(f"cannot start a transaction in state {self.state.value}")
         if not envelope.recipients:

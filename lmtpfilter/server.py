@@ -257,9 +257,11 @@ class LMTPSession(LMTP):
             return SIZE_EXCEEDED
         del buf[body_end:]
         data = bytes(buf)
+        buf.clear()  # one copy of the message in memory, not two
         if data.startswith(b"."):
             data = data[1:]
-        data = data.replace(b"\r\n.", b"\r\n")  # RFC 5321 §4.5.2: drop the leading dot
+        if b"\r\n." in data:  # RFC 5321 §4.5.2: drop the leading dot (copies: only if needed)
+            data = data.replace(b"\r\n.", b"\r\n")
         if len(data) > limit:
             return SIZE_EXCEEDED
         if has_long_line(data):

@@ -12,6 +12,7 @@ import re
 import time
 
 from .config import Address, SpamassassinConfig
+from .downstream import write_all
 from .scanresult import SpamResult, Status
 
 MAX_RESPONSE = 4 * 1024 * 1024
@@ -90,11 +91,10 @@ class SpamdScanner:
         else:
             reader, writer = await asyncio.open_connection(address.host, address.port)
         try:
-            writer.writelines([
+            await write_all(writer, [
                 f"REPORT SPAMC/1.5\r\nContent-length: {len(data)}\r\n\r\n".encode(), data])
             if writer.can_write_eof():
                 writer.write_eof()
-            await writer.drain()
             raw = await reader.read(MAX_RESPONSE)
             while True:  # spamd answers and closes; read to EOF
                 more = await reader.read(MAX_RESPONSE)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lmtpfilter.lmtp_protocol import (
+    Chunk,
     ClientConnection,
     Envelope,
     ProtocolError,
@@ -34,7 +36,7 @@ def _ready(capabilities: list[str]) -> ClientConnection:
     return conn
 
 
-def _verbs(chunks: list[bytes], body: list[bytes]) -> list[str]:
+def _verbs(chunks: Sequence[Chunk], body: Sequence[Chunk]) -> list[str]:
     """Command verbs written by the client; the message body counts as one "BODY"."""
     verbs: list[str] = []
     data = b"".join(chunks)
