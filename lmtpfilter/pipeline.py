@@ -132,9 +132,7 @@ class Pipeline:
                 log.exception("tx=%s could not record the verdicts", tx.id)
         metrics.INFLIGHT.dec()
         count(recipients, replies)
-        log.info("tx=%s from=<%s> size=%d %s", tx.id, tx.sender, len(tx.message.data),
-                 " ".join(f"<{r.address}>={rep.code}" for r, rep in zip(recipients, replies,
-                                                                      strict=True)))
+        log.info("%s", summary_line(tx, recipients, replies))
         return replies
 
     async def _deliver(self, tx: Transaction, recipients: Sequence[Recipient]) -> None:
@@ -171,6 +169,27 @@ class Pipeline:
 
     def received_header(self, tx: Transaction) -> bytes:
         return received_header(tx, self.hostname)
+
+
+def summary_line(tx: Transaction, recipients: Sequence[Recipient],
+                 replies: Sequence[Reply]) -> str:
+    """One key=value line per message; tx is also the messages row's id and is in our
+    Received: header, so the three can be joined."""
+    scan = tx.scan
+    fields = [f"tx={tx.id}", f"from=<{tx.sender}>", f"size={len(tx.message.data)}",
+              f"ms={(time.time() - tx.received_at) * 1000:.0f}"]
+    if scan is not None:
+        if scan.spam.status.value == "scored":
+            fields.append(f"score={scan.spam.score:g}")
+        if scan.virus.names:
+            fields.append("virus=" + ",".join(scan.virus.names))
+        fields += [f"clamav={scan.virus.status.value}", f"spamd={scan.spam.status.value}"]
+    if tx.quarantine_id:
+        fields.append(f"quarantine={tx.quarantine_id}")
+    for r, reply in zip(recipients, replies, strict=True):
+        action = r.decision.action.value if r.decision else "deliver"
+        fields.append(f"rcpt=<{r.address}>:{action}:{reply.code}:{reply.enhanced or '-'}")
+    return " ".join(fields)
 
 
 def count(recipients: Sequence[Recipient], replies: Sequence[Reply]) -> None:
