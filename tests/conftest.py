@@ -14,13 +14,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness.daemons import Dovecot, free_port, short_tmpdir, start_dovecot
 from tests.harness.scanners import Clamd, Spamd, start_clamd, start_spamd
+from tests.lmtp_tools import FakeDownstream
 
 DAEMONS = ["dovecot", "postfix", "smtp-sink", "clamd", "spamd"]
 # PostgreSQL is found by tests/harness/postgres.py (not on PATH); it enforces the same rule.
@@ -78,6 +79,15 @@ def spamd(daemon_base: Path) -> Iterator[Spamd]:
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDownstream]:
+    """A scriptable fake downstream LMTP server (tests/lmtp_tools.py)."""
+    server = FakeDownstream()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 class FilterProcess:

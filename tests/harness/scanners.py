@@ -249,8 +249,23 @@ def _wait_ready(
 # --------------------------------------------------------------------------- clamd
 
 
+class _Pausable:
+    """SIGSTOP/SIGCONT for a daemon's whole process group: a paused daemon still has its
+    connections accepted by the kernel, but never answers (a hung scanner)."""
+
+    _proc: subprocess.Popen[bytes] | None
+
+    def pause(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            _signal_group(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            _signal_group(self._proc.pid, signal.SIGCONT)
+
+
 @dataclass
-class Clamd:
+class Clamd(_Pausable):
     """A running throwaway clamd started by start_clamd()."""
 
     dir: Path
@@ -284,15 +299,6 @@ class Clamd:
     def ping(self, timeout: float = 1.0) -> bool:
         """True if PING over the unix socket answers PONG within timeout."""
         return _clamd_pong(self.socket_path, timeout)
-
-    def pause(self) -> None:
-        """SIGSTOP clamd: connections are still accepted by the kernel but never answered."""
-        if self._proc is not None and self._proc.poll() is None:
-            _signal_group(self._proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            _signal_group(self._proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """SIGTERM clamd and wait for it (SIGKILL after 10 s). Idempotent; works while paused."""
@@ -422,7 +428,7 @@ required_score 5.0
 
 
 @dataclass
-class Spamd:
+class Spamd(_Pausable):
     """A running throwaway spamd started by start_spamd()."""
 
     dir: Path
@@ -445,15 +451,6 @@ class Spamd:
             return spamd_request(self.port, "PING", timeout=timeout).startswith(b"SPAMD/1.5 0 PONG")
         except OSError:
             return False
-
-    def pause(self) -> None:
-        """SIGSTOP the parent and every child (children accept connections themselves)."""
-        if self._proc is not None and self._proc.poll() is None:
-            _signal_group(self._proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            _signal_group(self._proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """SIGTERM the parent; wait until the whole session (children too) is gone. Idempotent.

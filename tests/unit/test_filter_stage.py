@@ -6,7 +6,7 @@ import email
 import email.header
 import email.policy
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -59,14 +59,6 @@ CLEAN = VirusResult(Status.CLEAN)
 
 def scored(score: float) -> SpamResult:
     return SpamResult(Status.SCORED, score, 5.0, (("TEST_RULE", score),))
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDownstream]:
-    server = FakeDownstream()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def send(fake: FakeDownstream, stage: FilterStage, rcpts: list[str],

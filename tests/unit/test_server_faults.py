@@ -8,10 +8,8 @@ downstream server did not accept.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-
-import pytest
 
 from lmtpfilter.pipeline import Recipient, Transaction
 from tests.harness.daemons import short_tmpdir
@@ -25,14 +23,6 @@ from tests.lmtp_tools import (
 
 MSG = b"From: a@example.net\r\nSubject: hello\r\n\r\nBody line\r\n"
 RCPTS = ["a@example.org", "b@example.org", "c@example.org"]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDownstream]:
-    server = FakeDownstream()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def assert_invariants(result: SessionResult, fake: FakeDownstream, recipients: Sequence[str]
