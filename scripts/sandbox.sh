@@ -15,7 +15,8 @@ FILTER_PORT=10024          # where you (or Postfix) talk LMTP to lmtpfilter
 DOVECOT_LMTP_PORT=11024    # the sandbox's final delivery server
 DOVECOT_SIEVE_PORT=11190
 SPAMD_PORT=11783
-USERS=(alice@example.org bob@example.org)
+SMTP_PORT=2525             # the sandbox's Postfix: SMTP in, LMTP to lmtpfilter
+USERS=(alice@example.org bob@example.org postmaster@example.org)
 
 stop_pidfile() {
   local f=$1 pid
@@ -29,6 +30,11 @@ stop_pidfile() {
 }
 
 down() {
+  if [ -f "$ROOT/postfix/spool/pid/master.pid" ]; then
+    pid=$(tr -d ' ' < "$ROOT/postfix/spool/pid/master.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
   stop_pidfile "$ROOT/lmtpfilter.pid"
   stop_pidfile "$ROOT/dovecot/run/master.pid"
   stop_pidfile "$ROOT/clamd/clamd.pid"
@@ -170,6 +176,73 @@ CONF
   return 1
 }
 
+start_postfix() {
+  # A second Postfix instance of its own (the system's is neither used nor changed):
+  # SMTP on 127.0.0.1:$SMTP_PORT, example.org delivered over LMTP to lmtpfilter, no relaying.
+  local d=$ROOT/postfix
+  mkdir -p "$d"/{etc,spool,data}
+  chmod 755 "$d" "$d/etc"
+  chown postfix "$d/data"
+  cat > "$d/etc/main.cf" <<CONF
+compatibility_level = 3.6
+queue_directory = $d/spool
+data_directory = $d/data
+syslog_name = postfix-lmtpfilter-sandbox
+maillog_file = $d/maillog
+maillog_file_prefixes = $d
+myhostname = mx.sandbox.example
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+alias_maps =
+alias_database =
+smtputf8_enable = no
+smtpd_relay_restrictions = reject_unauth_destination
+default_transport = error:5.7.1 outbound delivery disabled in the sandbox
+relay_transport = error:5.7.1 outbound delivery disabled in the sandbox
+smtp_dns_support_level = disabled
+lmtp_dns_support_level = disabled
+virtual_mailbox_domains = example.org
+virtual_mailbox_maps = static:OK
+virtual_transport = lmtp:inet:127.0.0.1:$FILTER_PORT
+queue_run_delay = 10s
+minimal_backoff_time = 10s
+maximal_backoff_time = 60s
+CONF
+  cat > "$d/etc/master.cf" <<CONF
+127.0.0.1:$SMTP_PORT inet n - n - - smtpd
+pickup     unix  n - n 60 1 pickup
+cleanup    unix  n - n -  0 cleanup
+qmgr       unix  n - n 300 1 qmgr
+tlsmgr     unix  - - n 1000? 1 tlsmgr
+rewrite    unix  - - n -  - trivial-rewrite
+bounce     unix  - - n -  0 bounce
+defer      unix  - - n -  0 bounce
+trace      unix  - - n -  0 bounce
+verify     unix  - - n -  1 verify
+flush      unix  n - n 1000? 0 flush
+proxymap   unix  - - n -  - proxymap
+proxywrite unix  - - n -  1 proxymap
+smtp       unix  - - n -  - smtp
+relay      unix  - - n -  - smtp
+showq      unix  n - n -  - showq
+error      unix  - - n -  - error
+retry      unix  - - n -  - error
+discard    unix  - - n -  - discard
+local      unix  - n n -  - local
+virtual    unix  - n n -  - virtual
+lmtp       unix  - - n -  - lmtp
+anvil      unix  - - n -  1 anvil
+scache     unix  - - n -  1 scache
+postlog    unix-dgram n - n - 1 postlogd
+CONF
+  # Postfix re-reads a main.cf changed less than ~2 s ago until it "cools down": backdate it.
+  touch -d "10 seconds ago" "$d"/etc/*
+  postfix -c "$d/etc" start > "$d/start.log" 2>&1 || { cat "$d/start.log" >&2; return 1; }
+  wait_banner "$SMTP_PORT" 220
+}
+
 start_filter() {
   cat > "$ROOT/lmtpfilter.toml" <<CONF
 # lmtpfilter sandbox configuration; every key: lmtpfilter check-config --reference
@@ -190,6 +263,10 @@ directory = "$ROOT/quarantine"
 [sieve]
 method = "directory"
 directory = "$ROOT/dovecot/sieve-before"
+
+[notify]
+smtp = "127.0.0.1:$SMTP_PORT"
+admin = ["postmaster@example.org"]
 
 [clamav]
 address = "unix:$ROOT/clamd/clamd.sock"
@@ -223,10 +300,11 @@ up() {
   start_clamd
   start_spamd
   start_filter
+  start_postfix
   count_alice() { find "$ROOT/dovecot/mail/example.org/alice/Maildir/new" -type f 2>/dev/null \
                   | wc -l || true; }
   before=$(count_alice)
-  swaks --silent 2 --server "127.0.0.1:$FILTER_PORT" --protocol LMTP \
+  swaks --silent 2 --server "127.0.0.1:$SMTP_PORT" \
     --from sandbox@example.net --to alice@example.org --header "Subject: sandbox self-test"
   for _ in $(seq 50); do
     now=$(count_alice)
@@ -234,17 +312,24 @@ up() {
     sleep 0.1
   done
   [ "$now" -gt "$before" ] || { echo "self-test message did not arrive" >&2; exit 1; }
+  export LMTPFILTER_CONFIG=$ROOT/lmtpfilter.toml
   cat <<TXT
 
-lmtpfilter sandbox is running; a self-test message went through to alice's Maildir.
+lmtpfilter sandbox is running; a self-test message went through Postfix and lmtpfilter to
+alice's Maildir.
 
+  Postfix     SMTP on 127.0.0.1:$SMTP_PORT (example.org only; log $ROOT/postfix/maillog)
   lmtpfilter  LMTP on 127.0.0.1:$FILTER_PORT   config $ROOT/lmtpfilter.toml
               log $ROOT/lmtpfilter.log
   Dovecot     LMTP on 127.0.0.1:$DOVECOT_LMTP_PORT (users: ${USERS[*]}, password "secret")
   clamd       $ROOT/clamd/clamd.sock (test signatures: EICAR, clamav-testfiles)
   spamd       127.0.0.1:$SPAMD_PORT
 
-Send a message through the filter (one LMTP reply per recipient comes back):
+Send mail the way the Internet does, through Postfix:
+  swaks --server 127.0.0.1:$SMTP_PORT --from you@example.net --to alice@example.org,bob@example.org
+  grep lmtpfilter $ROOT/postfix/maillog      # status=sent (250 ...) per recipient
+
+Or talk LMTP to the filter directly (one reply per recipient comes back):
   swaks --server 127.0.0.1:$FILTER_PORT --protocol LMTP --from you@example.net \\
         --to alice@example.org,bob@example.org,nobody@example.org
 
@@ -253,8 +338,9 @@ generated Sieve script (ls $ROOT/dovecot/mail/example.org/alice/Maildir/.Junk/ne
   swaks --server 127.0.0.1:$FILTER_PORT --protocol LMTP --to alice@example.org \\
         --body 'XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X'
 
-A virus (a ClamAV test file attached): quarantined, "250 2.7.0 ... quarantined as ID"
-  swaks --server 127.0.0.1:$FILTER_PORT --protocol LMTP --to alice@example.org \\
+A virus (a ClamAV test file attached): quarantined ("250 2.7.0 ... quarantined as ID"),
+and postmaster@example.org is told (ls $ROOT/dovecot/mail/example.org/postmaster/Maildir/new/)
+  swaks --server 127.0.0.1:$SMTP_PORT --to alice@example.org \\
         --attach /usr/share/clamav-testfiles/clam.zip
   export LMTPFILTER_CONFIG=$ROOT/lmtpfilter.toml
   lmtpfilter quarantine list; lmtpfilter quarantine show ID; lmtpfilter quarantine release ID
@@ -271,7 +357,8 @@ TXT
 }
 
 status() {
-  for f in "$ROOT/lmtpfilter.pid" "$ROOT/dovecot/run/master.pid"; do
+  for f in "$ROOT/lmtpfilter.pid" "$ROOT/dovecot/run/master.pid" "$ROOT/clamd/clamd.pid" \
+           "$ROOT/spamd/spamd.pid"; do
     if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then echo "running: $f"; \
     else echo "stopped: $f"; fi
   done
