@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 
 from .config import Address, DownstreamConfig
-from .lmtp_protocol import ClientConnection, Envelope, State
+from .lmtp_protocol import ClientConnection, Envelope, Piece, State
 from .reply import DOWNSTREAM_LOST, DOWNSTREAM_TIMEOUT, DOWNSTREAM_UNAVAILABLE, Reply
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,7 @@ class _Connection:
         await self._pump(timeout, "ready")
 
     async def transaction(
-        self, envelope: Envelope, body: Sequence[bytes | bytearray | memoryview],
-        timeout: float
+        self, envelope: Envelope, body: Sequence[Piece], timeout: float
     ) -> tuple[list[Reply], bool]:
         """Run one transaction; returns the results and whether the server replied at all."""
         self.protocol.start_transaction(envelope, body)
@@ -131,9 +130,7 @@ class Downstream:
         self.local_name = local_name
         self._idle: list[_Connection] = []
 
-    async def deliver(
-        self, envelope: Envelope, body: Sequence[bytes | memoryview]
-    ) -> list[Reply]:
+    async def deliver(self, envelope: Envelope, body: Sequence[Piece]) -> list[Reply]:
         """Deliver one message to `envelope.recipients`; one Reply per recipient, in order.
 
         Never raises for network or protocol trouble: unsettled recipients get a 4xx.

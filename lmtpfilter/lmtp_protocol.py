@@ -79,22 +79,36 @@ class ReplyParser:
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
+class WireReady:
+    """A piece already known to need no encoding (checked once by its owner, without a copy):
+    passed to the socket as it is."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+
 Chunk = bytes | bytearray | memoryview
-
-# What makes a piece need encoding: a bare LF, or a line that starts with a dot. The regex
-# scans a memoryview in place, so a body that needs nothing is never copied.
-_NEEDS_ENCODING = re.compile(rb"(?<!\r)\n|\n\.|\A\.")
+Piece = Chunk | WireReady
 
 
-def encode_chunk(chunk: Chunk) -> Chunk:
-    """CRLF-normalise and dot-stuff one piece of a message that starts at a line start.
+def needs_encoding(data: bytes, start: int = 0) -> bool:
+    """Does data[start:] have a bare LF or a line starting with a dot? C-speed, no copy."""
+    return (data.startswith(b".", start) or data.find(b"\n.", start) >= 0
+            or data.count(b"\n", start) != data.count(b"\r\n", start))
 
-    A piece that needs neither (the usual case) is returned as it is, not copied: a large
-    body then exists once in memory, not three times.
-    """
-    if _NEEDS_ENCODING.search(chunk) is None:
-        return chunk
-    data = bytes(chunk)
+
+def encode_chunk(chunk: Piece) -> Chunk:
+    """CRLF-normalise and dot-stuff one piece of a message that starts at a line start."""
+    if isinstance(chunk, WireReady):
+        return chunk.view
+    data = chunk if isinstance(chunk, bytes) else bytes(chunk)
+    if not needs_encoding(data):
+        return chunk if isinstance(chunk, bytes) else data
     if data.count(b"\n") != data.count(b"\r\n"):
         data = _BARE_LF.sub(b"\r\n", data)
     if data.startswith(b"."):
@@ -102,7 +116,7 @@ def encode_chunk(chunk: Chunk) -> Chunk:
     return data.replace(b"\r\n.", b"\r\n..")
 
 
-def encode_body(chunks: Iterable[Chunk]) -> list[Chunk]:
+def encode_body(chunks: Iterable[Piece]) -> list[Chunk]:
     """The DATA payload: every chunk encoded, a final CRLF if missing, then the end marker.
 
     Chunks must each start at the beginning of a line (header block, then body).
@@ -184,7 +198,7 @@ class ClientConnection:
         return "PIPELINING" in self.capabilities
 
     # ---- transactions -------------------------------------------------------------------
-    def start_transaction(self, envelope: Envelope, body: Iterable[Chunk]) -> None:
+    def start_transaction(self, envelope: Envelope, body: Iterable[Piece]) -> None:
         if self.state is not State.READY:
             raise RuntimeError(f"cannot start a transaction in state {self.state.value}")
         if not envelope.recipients:

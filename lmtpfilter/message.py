@@ -67,6 +67,7 @@ class Message:
     data: bytes
     body_offset: int = 0
     _fields: list[HeaderField] | None = field(default=None, repr=False)
+    _wire_ready: bool | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, data: bytes) -> Message:
@@ -79,6 +80,15 @@ class Message:
     @property
     def body(self) -> memoryview:
         return memoryview(self.data)[self.body_offset:]
+
+    @property
+    def body_wire_ready(self) -> bool:
+        """The body needs no dot-stuffing or CRLF normalisation (checked once, no copy)."""
+        if self._wire_ready is None:
+            from .lmtp_protocol import needs_encoding
+
+            self._wire_ready = not needs_encoding(self.data, self.body_offset)
+        return self._wire_ready
 
     @property
     def fields(self) -> list[HeaderField]:

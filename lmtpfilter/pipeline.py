@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import metrics
 from .downstream import Downstream
-from .lmtp_protocol import Envelope
+from .lmtp_protocol import Envelope, Piece, WireReady
 from .message import Message, fold
 from .reply import INTERNAL_ERROR, Reply
 from .scanresult import ScanResult
@@ -159,8 +159,10 @@ class Pipeline:
 
     async def _deliver_group(self, tx: Transaction, received: bytes, variant: Variant,
                              members: list[Recipient]) -> None:
-        body = tx.message.copy_with((received, *variant.add_headers), variant.remove_headers,
-                                    variant.subject_tag)
+        body: list[Piece] = list(tx.message.copy_with(
+            (received, *variant.add_headers), variant.remove_headers, variant.subject_tag))
+        if tx.message.body_wire_ready and isinstance(body[-1], memoryview):
+            body[-1] = WireReady(body[-1])  # the big part goes out as received: no copy
         envelope = Envelope(tx.sender, [m.address for m in members], _downstream_params(tx))
         replies = await self.downstream.deliver(envelope, body)
         for member, reply in zip(members, replies, strict=True):
