@@ -169,10 +169,18 @@ class Recorder:
             write = functools.partial(_insert, messages=messages, verdicts=verdicts)
             try:
                 await self.store.run(write, durable=False)
-            except Exception as exc:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
+            except Exception:
+                # One bad record must not cost the others theirs: retry one by one.
+                for (message, rows), done in batch:
+                    one = functools.partial(_insert, messages=[message], verdicts=rows)
+                    try:
+                        await self.store.run(one, durable=False)
+                    except Exception as exc:
+                        if not done.done():
+                            done.set_exception(exc)
+                    else:
+                        if not done.done():
+                            done.set_result(None)
             else:
                 for _, done in batch:
                     if not done.done():
