@@ -294,6 +294,7 @@ up() {
   mkdir -p "$PREFIX"
   PYTHON=/usr/bin/python3 make_venv "$PREFIX/venv" --upgrade .
   ln -sf "$PREFIX/venv/bin/lmtpfilter" /usr/local/bin/lmtpfilter
+  ln -sf "$PREFIX/venv/bin/lmtpfilter-janitor" /usr/local/bin/lmtpfilter-janitor
   mkdir -p "$ROOT"
   down > /dev/null
   start_dovecot
