@@ -22,7 +22,7 @@ import time
 
 from .config import Address, ClamavConfig
 from .downstream import write_all
-from .scanresult import Status, VirusResult
+from .scanresult import Status, VirusResult, guarded
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +63,9 @@ class ClamdScanner:
     async def scan(self, data: bytes) -> VirusResult:
         """Scan `data`; never raises for clamd trouble (that is an ERROR result)."""
         started = time.monotonic()
-        try:
-            async with asyncio.timeout(self.config.timeout):
-                result = await self._instream(data)
-        except TimeoutError:
-            result = VirusResult(Status.ERROR, error=f"clamd timed out after "
-                                                     f"{self.config.timeout:g}s")
-        except OSError as exc:
-            result = VirusResult(Status.ERROR, error=f"clamd at {self.config.address}: "
-                                                     f"{exc.strerror or exc}")
+        result = await guarded(self._instream(data), self.config.timeout,
+                               f"clamd at {self.config.address}",
+                               lambda why: VirusResult(Status.ERROR, error=why))
         return VirusResult(result.status, result.names, result.error,
                            time.monotonic() - started)
 

@@ -266,8 +266,8 @@ def _user(config: cfg.Config, args: argparse.Namespace) -> int:
         if args.action == "show":
             row = store.transaction(lambda s: s.get(UserPolicy, key))
             overrides = up.overrides_of(row) if row else {}
-            effective = up.merge(config.policy, key if not key.startswith("@") else "x" + key,
-                                 _rows_for(store, key))
+            effective = up.effective(config.policy, key,
+                                     store.transaction(lambda s: up.rows_for(s, key)))
             for name in up.OVERRIDABLE:
                 mark = "  (override)" if name in overrides else ""
                 print(f"{name} = {getattr(effective, name)!r}{mark}")
@@ -314,17 +314,6 @@ def _sieve(config: cfg.Config, args: argparse.Namespace) -> int:
         store.close()
     print(f"{config.sieve.method}: {len(done)} script(s): {' '.join(done)}")
     return EXIT_OK
-
-
-def _rows_for(store: Any, key: str) -> dict[str, Any]:
-    from sqlalchemy import select
-
-    from .store import UserPolicy
-
-    keys = [key] if key.startswith("@") else [key, "@" + key.rpartition("@")[2]]
-    rows: dict[str, Any] = store.transaction(lambda s: {r.address: r for r in s.scalars(
-        select(UserPolicy).where(UserPolicy.address.in_(keys)))})
-    return rows
 
 
 def _delete_user(session: Any, key: str) -> bool:

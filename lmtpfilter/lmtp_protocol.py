@@ -160,7 +160,6 @@ class _Transaction:
     results: list[Reply | None]
     mail_reply: Reply | None = None
     accepted: list[int] = field(default_factory=list)  # indexes of recipients with 2xx RCPT
-    rcpt_replies_seen: int = 0
     pending_rcpt: int = 0  # next recipient to send (no PIPELINING)
     any_reply: bool = False
 

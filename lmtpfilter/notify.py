@@ -141,14 +141,11 @@ class Outbox:
         try:
             with smtplib.SMTP(smtp.host, smtp.port, timeout=30,
                               local_hostname="localhost") as client:
-                client.sendmail(_envelope_sender(message), [to], message.encode("utf-8"))
+                # The null sender: a notification that bounces must not loop back.
+                client.sendmail("", [to], message.encode("utf-8"))
             return ""
         except (OSError, smtplib.SMTPException) as exc:
             return str(exc) or exc.__class__.__name__
-
-
-def _envelope_sender(message: str) -> str:
-    return ""  # notifications are sent with the null sender: bounces of them go nowhere
 
 
 def _claim(session: Session) -> list[tuple[int, str, str, int]]:

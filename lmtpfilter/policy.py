@@ -54,16 +54,6 @@ class PolicySource(Protocol):
     async def lookup(self, addresses: Iterable[str]) -> dict[str, RecipientPolicy]: ...
 
 
-class ConfigPolicies:
-    """Every recipient gets [policy] (with the bypass lists applied)."""
-
-    def __init__(self, config: PolicyConfig) -> None:
-        self.config = config
-
-    async def lookup(self, addresses: Iterable[str]) -> dict[str, RecipientPolicy]:
-        return {a: RecipientPolicy.from_config(self.config, a) for a in addresses}
-
-
 class Action(enum.Enum):
     DELIVER = "deliver"
     DISCARD = "discard"  # not delivered; quarantined; the recipient gets 250 2.7.0

@@ -22,14 +22,6 @@ class Reply:
     def is_success(self) -> bool:
         return 200 <= self.code < 300
 
-    @property
-    def is_transient(self) -> bool:
-        return 400 <= self.code < 500
-
-    @property
-    def is_permanent(self) -> bool:
-        return 500 <= self.code < 600
-
     def line(self) -> str:
         """The reply as one line without CRLF, with an enhanced code whenever it has a class.
 
@@ -58,7 +50,6 @@ class Reply:
 
 
 # The replies lmtpfilter itself gives, in one place so that tests and docs agree.
-OK_QUEUED = Reply(250, "2.0.0", "Ok")
 SIZE_EXCEEDED = Reply(552, "5.3.4", "Message too big for system")
 LINE_TOO_LONG = Reply(554, "5.6.0", "Message has a line over 998 octets (RFC 5321 4.5.3.1.6)")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, please try again later")

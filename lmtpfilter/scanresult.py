@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+R = TypeVar("R")
 
 
 class Status(enum.Enum):
@@ -37,3 +42,16 @@ class SpamResult:
 class ScanResult:
     virus: VirusResult
     spam: SpamResult
+
+
+async def guarded(call: Awaitable[R], timeout: float, what: str,
+                  failed: Callable[[str], R]) -> R:
+    """Await a scanner call; a timeout or a socket error becomes `failed(reason)`, an ERROR
+    result, never an exception (and never "clean")."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await call
+    except TimeoutError:
+        return failed(f"{what.split(' at ')[0]} timed out after {timeout:g}s")
+    except OSError as exc:
+        return failed(f"{what}: {exc.strerror or exc}")

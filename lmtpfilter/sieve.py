@@ -255,7 +255,7 @@ def sync(config: Config, store: Store, only: str | None = None) -> list[str]:
     from sqlalchemy import select
 
     from .store import UserPolicy
-    from .userpolicy import merge
+    from .userpolicy import effective
 
     inst = installer(config)
     rows = store.transaction(lambda s: {r.address: r for r in s.scalars(select(UserPolicy))},
@@ -269,8 +269,7 @@ def sync(config: Config, store: Store, only: str | None = None) -> list[str]:
             inst.remove(only)
     done = []
     for key in keys:
-        sample = key if not key.startswith("@") else "postmaster" + key
-        inst.install(key, generate(merge(config.policy, sample, rows)))
+        inst.install(key, generate(effective(config.policy, key, rows)))
         done.append(key)
     if only is None:
         inst.install_default(generate(RecipientPolicy.from_config(config.policy, "x@x.invalid")))

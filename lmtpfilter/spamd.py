@@ -13,7 +13,7 @@ import time
 
 from .config import Address, SpamassassinConfig
 from .downstream import write_all
-from .scanresult import SpamResult, Status
+from .scanresult import SpamResult, Status, guarded
 
 MAX_RESPONSE = 4 * 1024 * 1024
 
@@ -72,15 +72,9 @@ class SpamdScanner:
         if len(data) > self.config.max_size:
             return SpamResult(Status.SKIPPED, error=f"message over {self.config.max_size} bytes")
         started = time.monotonic()
-        try:
-            async with asyncio.timeout(self.config.timeout):
-                result = await self._request(self.config.address, data)
-        except TimeoutError:
-            result = SpamResult(Status.ERROR, error=f"spamd timed out after "
-                                                    f"{self.config.timeout:g}s")
-        except OSError as exc:
-            result = SpamResult(Status.ERROR, error=f"spamd at {self.config.address}: "
-                                                    f"{exc.strerror or exc}")
+        result = await guarded(self._request(self.config.address, data), self.config.timeout,
+                               f"spamd at {self.config.address}",
+                               lambda why: SpamResult(Status.ERROR, error=why))
         return SpamResult(result.status, result.score, result.required, result.rules,
                           result.error, time.monotonic() - started)
 

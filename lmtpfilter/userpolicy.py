@@ -56,7 +56,18 @@ def merge(config: PolicyConfig, address: str, rows: dict[str, UserPolicy]) -> Re
 
 
 def keys_for(address: str) -> list[str]:
-    return [address.lower(), "@" + domain_of(address)]
+    """The rows that apply to an address ("user@dom", "@dom") or to a domain ("@dom")."""
+    a = address.lower()
+    return [a] if a.startswith("@") else [a, "@" + domain_of(a)]
+
+
+def effective(config: PolicyConfig, key: str, rows: dict[str, UserPolicy]) -> RecipientPolicy:
+    """The policy of an address, or of any address of a domain when key is "@dom"."""
+    return merge(config, "postmaster" + key if key.startswith("@") else key, rows)
+
+
+def rows_for(session: Session, key: str) -> dict[str, UserPolicy]:
+    return _rows(session, keys_for(key))
 
 
 class DbPolicies:
