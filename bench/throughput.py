@@ -27,13 +27,16 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lmtpfilter.clamav import ClamdScanner  # noqa: E402
 from lmtpfilter.config import from_mapping  # noqa: E402
+from lmtpfilter.scanresult import SpamResult, VirusResult  # noqa: E402
 from lmtpfilter.spamd import SpamdScanner  # noqa: E402
 from tests.harness.daemons import free_port, short_tmpdir, start_smtp_sink  # noqa: E402
 from tests.harness.scanners import start_clamd, start_spamd  # noqa: E402
@@ -72,7 +75,7 @@ async def drive_scanners(clamd: ClamdScanner | None, spamd: SpamdScanner | None,
 
     async def worker() -> None:
         for _ in queue:
-            jobs = []
+            jobs: list[Coroutine[Any, Any, VirusResult | SpamResult]] = []
             if clamd:
                 jobs.append(clamd.scan(data))
             if spamd:
@@ -97,10 +100,11 @@ def peak_rss_mb(pid: int) -> float:
     return peak
 
 
-def wait_banner(port: int) -> None:
+def wait_banner(port: int, timeout: float = 20.0) -> None:
     import socket
 
-    for _ in range(400):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 if s.recv(64).startswith(b"220"):
