@@ -13,8 +13,9 @@ All database calls are blocking; the filter runs them in a small thread pool
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -29,11 +30,13 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     create_engine,
     event,
+    insert,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 T = TypeVar("T")
@@ -238,6 +241,92 @@ def check_schema(engine: Engine, url: str) -> None:
                           f"{', '.join(sorted(heads))}: run `lmtpfilter db upgrade`")
 
 
+class BulkInserter:
+    """Many-row INSERTs through the DB driver itself, on one long-lived connection.
+
+    For the hot path, the verdict rows. At one message per commit, SQLAlchemy's execute
+    machinery (session, cache key, execution context, events) costs three times the insert
+    itself: 480 us against 140 us per message here. The statement is still compiled by
+    SQLAlchemy for the dialect, and values still go through the column types' own bind
+    processors (DateTime on SQLite, say), so the rows read back exactly like ORM-written ones.
+    Runs in its own single thread: the connection is used by that thread only.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._statements: dict[tuple[str, tuple[str, ...]], _DriverInsert] = {}
+        self._conn: Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-bulk")
+
+    async def insert(self, batches: Sequence[tuple[Table, Sequence[Mapping[str, Any]]]]) -> None:
+        """Insert each (table, rows) in order, all in one transaction."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._insert, batches)
+
+    def _insert(self, batches: Sequence[tuple[Table, Sequence[Mapping[str, Any]]]]) -> None:
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        conn = self._conn
+        try:
+            with conn.begin():  # BEGIN IMMEDIATE on SQLite (see make_engine)
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    for table, rows in batches:
+                        if rows:
+                            statement = self._statement(table, tuple(rows[0]))
+                            cursor.executemany(statement.sql, statement.params(rows))
+                finally:
+                    cursor.close()
+        except BaseException:
+            # The connection may be broken (the server restarted): start afresh next time.
+            self._conn = None
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+                conn.close()
+            raise
+
+    def _statement(self, table: Table, keys: tuple[str, ...]) -> _DriverInsert:
+        key = (table.name, keys)
+        if key not in self._statements:
+            self._statements[key] = _DriverInsert(table, keys, self.engine.dialect)
+        return self._statements[key]
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class _DriverInsert:
+    """`INSERT INTO table (keys) VALUES (...)` compiled for one dialect, and its parameters."""
+
+    def __init__(self, table: Table, keys: tuple[str, ...], dialect: Dialect) -> None:
+        for column in table.columns:
+            generated = table.autoincrement_column is column
+            if column.name not in keys and not generated and (
+                    column.default is not None or not column.nullable):
+                raise ValueError(f"{table.name}.{column.name} must be given: "
+                                     "driver-level inserts apply no defaults")
+        compiled = insert(table).compile(dialect=dialect, column_keys=list(keys))
+        self.sql = compiled.string
+        processors = {k: table.c[k].type.dialect_impl(dialect).bind_processor(dialect)
+                      for k in keys}
+        self.processors = {k: p for k, p in processors.items() if p is not None}
+        # qmark/numeric/format drivers (sqlite3) take tuples, named ones (psycopg2) dicts.
+        self.order: list[str] | None = (list(compiled.positiontup or ())
+                                        if dialect.positional else None)
+
+    def params(self, rows: Sequence[Mapping[str, Any]]
+               ) -> list[tuple[Any, ...]] | list[dict[str, Any]]:
+        converted = [{k: (self.processors[k](v) if k in self.processors else v)
+                      for k, v in row.items()} for row in rows] if self.processors else rows
+        if self.order is None:
+            return [dict(row) for row in converted]
+        order = self.order
+        return [tuple(row[k] for k in order) for row in converted]
+
+
 class Store:
     """The engine, sessions, and a thread pool so DB work stays off the event loop."""
 
@@ -250,6 +339,7 @@ class Store:
         self.fast_engine = make_engine(url, durable=False) if sqlite else self.engine
         self.fast_sessions = sessionmaker(self.fast_engine, expire_on_commit=False)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db")
+        self.bulk = BulkInserter(self.fast_engine)
 
     def check_schema(self) -> None:
         check_schema(self.engine, self.url)
@@ -267,5 +357,6 @@ class Store:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.bulk.close()
         self.engine.dispose()
         self.fast_engine.dispose()

@@ -186,3 +186,50 @@ def test_timestamps_round_trip_as_utc(db_url: str) -> None:
         assert row.created_at.replace(tzinfo=row.created_at.tzinfo or dt.UTC) == when
     finally:
         store.close()
+
+
+async def test_bulk_rows_read_back_like_orm_rows(db_url: str) -> None:
+    """The driver-level insert of the verdict path stores what the ORM would have stored."""
+    st.upgrade(db_url)
+    store = st.Store(db_url)
+    messages = st.Base.metadata.tables["messages"]
+    verdicts = st.Base.metadata.tables["recipient_verdicts"]
+    when = dt.datetime(2026, 11, 29, 5, 0, 1, 123456, tzinfo=dt.UTC)
+
+    def message(tx_id: str) -> dict[str, object]:
+        return dict(id=tx_id, received_at=when, host="h", message_id="<m@x>", sender="",
+                    size=10, sha256="0" * 64, subject="Grüße", virus_status="clean",
+                    virus_names="", virus_seconds=0.25, spam_status="scored", spam_score=-1.5,
+                    spam_rules="A=1", spam_seconds=0.5, scanner_errors="")
+
+    def verdict(tx_id: str, position: int) -> dict[str, object]:
+        return dict(message_id=tx_id, position=position, address=f"{position}@x",
+                    action="deliver", category="clean", reply_code=250,
+                    reply_text="250 2.0.0 ok", downstream_reply="250 2.0.0 ok",
+                    quarantine_id=None)
+
+    try:
+        await store.bulk.insert([(messages, [message("T1"), message("T2")]),
+                                 (verdicts, [verdict("T1", 0), verdict("T1", 1)])])
+        # A batch that fails (duplicate key) is rolled back whole, and the next one works.
+        with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+            await store.bulk.insert([(messages, [message("T3"), message("T1")])])
+        await store.bulk.insert([(messages, [message("T4")]), (verdicts, [verdict("T4", 0)])])
+
+        def read(s: Session) -> tuple[list[str], st.MessageRecord | None, int]:
+            ids = list(s.scalars(select(st.MessageRecord.id).order_by(st.MessageRecord.id)))
+            count = s.scalar(select(func.count()).select_from(st.RecipientVerdict)) or 0
+            return ids, s.get(st.MessageRecord, "T1"), count
+
+        ids, row, count = store.transaction(read)
+        assert ids == ["T1", "T2", "T4"] and count == 3
+        assert row is not None and row.subject == "Grüße" and row.spam_score == -1.5
+        assert row.received_at.replace(tzinfo=row.received_at.tzinfo or dt.UTC) == when
+    finally:
+        store.close()
+
+
+def test_bulk_insert_refuses_to_skip_a_defaulted_column() -> None:
+    with pytest.raises(ValueError, match=r"messages\.host must be given"):
+        st._DriverInsert(st.Base.metadata.tables["messages"], ("id", "received_at"),
+                         st.make_engine("sqlite://").dialect)
