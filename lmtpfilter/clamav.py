@@ -5,6 +5,10 @@ block the event loop and cost a syscall per KiB; the scan itself is therefore st
 in large chunks (DESIGN.md §9). The package is still used, off the event loop, for the
 version probe logged at start-up.
 
+clamd takes one command per connection, so each scan connects. It uses the event loop's
+socket calls directly rather than streams: a stream pair costs a protocol, a transport and a
+reader per scan, about a third of the client's CPU for a 10 KB message.
+
 clamd's replies (zINSTREAM, NUL-terminated):
     stream: OK
     stream: Eicar-Test-Signature.UNOFFICIAL FOUND     (one line per name with AllMatchScans)
@@ -16,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 import struct
 import time
+from typing import Any
 
 from .config import Address, ClamavConfig
-from .downstream import write_all
 from .scanresult import Status, VirusResult, guarded
 
 log = logging.getLogger(__name__)
@@ -50,10 +56,33 @@ def parse_reply(raw: bytes) -> VirusResult:
     return VirusResult(Status.CLEAN)
 
 
-async def _open(address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _connect(address: Address) -> socket.socket:
+    """A connected non-blocking socket to clamd (unix path, IP literal, or host name)."""
+    loop = asyncio.get_running_loop()
     if address.is_unix:
-        return await asyncio.open_unix_connection(address.path)
-    return await asyncio.open_connection(address.host, address.port)
+        targets: list[tuple[int, Any]] = [(socket.AF_UNIX, address.path)]
+    else:
+        try:
+            ip = ipaddress.ip_address(address.host)
+            targets = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                        (address.host, address.port))]
+        except ValueError:
+            infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+            targets = [(info[0], info[4]) for info in infos]
+    error: OSError = OSError(f"cannot resolve {address.host}")
+    for family, sockaddr in targets:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise error
 
 
 class ClamdScanner:
@@ -70,26 +99,36 @@ class ClamdScanner:
                            time.monotonic() - started)
 
     async def _instream(self, data: bytes) -> VirusResult:
-        reader, writer = await _open(self.config.address)
+        loop = asyncio.get_running_loop()
+        sock = await _connect(self.config.address)
         try:
-            view = memoryview(data)
-            parts: list[bytes | memoryview] = [b"zINSTREAM\0"]
-            for offset in range(0, len(view), CHUNK):
-                chunk = view[offset: offset + CHUNK]
-                parts += [struct.pack(">I", len(chunk)), chunk]
-            parts.append(struct.pack(">I", 0))
-            # clamd stops reading at StreamMaxLength; its reply says so.
+            # clamd stops reading at StreamMaxLength and closes; its reply is still readable.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await write_all(writer, parts)
-            raw = await reader.read(MAX_REPLY)
-            while raw and not raw.endswith(b"\0"):
-                more = await reader.read(MAX_REPLY)
+                for piece in instream_pieces(data):
+                    await loop.sock_sendall(sock, piece)
+            raw = b""
+            while len(raw) < MAX_REPLY and not raw.endswith(b"\0"):
+                more = await loop.sock_recv(sock, MAX_REPLY)
                 if not more:
                     break
                 raw += more
             return parse_reply(raw)
         finally:
-            writer.close()
+            sock.close()
+
+
+def instream_pieces(data: bytes) -> list[bytes | memoryview]:
+    """The zINSTREAM request as few buffers as possible: one for a message up to CHUNK
+    (one send), else a length and a slice per CHUNK (no copy of the message)."""
+    if len(data) <= CHUNK:
+        return [b"".join((b"zINSTREAM\0", struct.pack(">I", len(data)), data, b"\0\0\0\0"))]
+    view = memoryview(data)
+    pieces: list[bytes | memoryview] = [b"zINSTREAM\0"]
+    for offset in range(0, len(view), CHUNK):
+        chunk = view[offset: offset + CHUNK]
+        pieces += [struct.pack(">I", len(chunk)), chunk]
+    pieces.append(b"\0\0\0\0")
+    return pieces
 
 
 def probe_version(config: ClamavConfig) -> str:

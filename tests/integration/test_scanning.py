@@ -214,3 +214,22 @@ async def test_clamd_stream_limit_is_an_error_not_clean(
     finally:
         small.stop()
     assert result.data_replies[0].startswith("451 4.7.1")
+
+
+@pytest.mark.parametrize("where", ["unix", "ip", "name"])
+async def test_clamd_client_over_each_kind_of_address(clamd: Clamd, where: str) -> None:
+    """The INSTREAM client itself, on a unix socket, an IP literal and a host name; with a
+    message under one chunk (one send) and one over three chunks."""
+    from lmtpfilter.clamav import CHUNK, ClamdScanner
+    from lmtpfilter.config import from_mapping
+    from lmtpfilter.scanresult import Status
+
+    address = {"unix": f"unix:{clamd.socket_path}", "ip": f"127.0.0.1:{clamd.tcp_port}",
+               "name": f"localhost:{clamd.tcp_port}"}[where]
+    scanner = ClamdScanner(from_mapping({"clamav": {"address": address}}).clamav)
+    clean = await scanner.scan(message("clean"))
+    infected = await scanner.scan(message("big", "x\n" * (CHUNK + CHUNK // 2),
+                                          attachment=("eicar.com", EICAR)))
+    assert clean.status is Status.CLEAN, clean
+    assert infected.status is Status.INFECTED and infected.names[0].startswith(
+        "Eicar-Test-Signature"), infected
