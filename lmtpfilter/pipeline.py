@@ -203,9 +203,22 @@ def count(recipients: Sequence[Recipient], replies: Sequence[Reply]) -> None:
         metrics.REPLIES.labels(f"{reply.code // 100}xx").inc()
 
 
+_last_date: tuple[int, str] = (-1, "")
+
+
+def rfc5322_date(timestamp: float) -> str:
+    """The date-time of a trace field, in local time; one formatting per second (it costs
+    more than the rest of the Received field)."""
+    global _last_date
+    second = int(timestamp)
+    if _last_date[0] != second:
+        _last_date = (second, format_datetime(datetime.fromtimestamp(second, UTC).astimezone()))
+    return _last_date[1]
+
+
 def received_header(tx: Transaction, hostname: str) -> bytes:
     """Our trace field (RFC 5321 §4.4); "for" only with a single recipient (privacy)."""
-    when = format_datetime(datetime.fromtimestamp(tx.received_at, UTC).astimezone())
+    when = rfc5322_date(tx.received_at)
     peer = tx.peer if tx.peer.startswith("unix") else f"[{tx.peer}]"
     parts = [f"from {tx.helo or 'unknown'} ({peer})", f"by {hostname} (lmtpfilter)",
              f"with LMTP id {tx.id}"]

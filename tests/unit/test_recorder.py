@@ -67,3 +67,16 @@ async def test_records_reach_the_database(tmp_path: Path, n: int) -> None:
             select(func.count()).select_from(st.RecipientVerdict))) == 2 * n
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("stamps", [[1796000000.0, 1796000000.9, 1796000001.0, 1796000000.5],
+                                    [0.0, 86399.999, 86400.0]])
+def test_trace_dates_are_exact_though_cached_per_second(stamps: list[float]) -> None:
+    import datetime as dt
+    from email.utils import format_datetime
+
+    from lmtpfilter.pipeline import rfc5322_date
+
+    for stamp in stamps:
+        expected = format_datetime(dt.datetime.fromtimestamp(int(stamp), dt.UTC).astimezone())
+        assert rfc5322_date(stamp) == expected
