@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from throughput import drive_scanners, render_toml, source_message, wait_banner  # noqa: E402
+from throughput import drive_scanners, render_toml, smtp_source_message, wait_banner  # noqa: E402
 
 from lmtpfilter.clamav import ClamdScanner  # noqa: E402
 from lmtpfilter.config import from_mapping  # noqa: E402
@@ -220,7 +220,7 @@ async def _latency_connection(port: int, lmtp: bool, content: bytes, jobs: Itera
 def latencies(port: int, lmtp: bool, sessions: int, size: int, count: int,
               reuse: bool = True) -> list[float]:
     """Seconds from content to last reply, for `count` messages over `sessions` sessions."""
-    content = source_message(size) + b".\r\n"
+    content = smtp_source_message(size) + b".\r\n"
     jobs, out = iter(range(count)), list[float]()
 
     async def run() -> None:
@@ -503,7 +503,7 @@ class Cell:
 def measure(running: Running, scanner_roots: list[int], product: str, mode: str,
             sessions: int, size: int, seconds: float) -> Cell:
     port, lmtp, reuse = running.port, running.lmtp, running.reuse
-    warm = smtp_source(port, lmtp, sessions, size, max(20, 10 * sessions), reuse)
+    warm = smtp_source(port, lmtp, sessions, size, max(20, 4 * sessions), reuse)
     count = int(min(5000, max(40, warm * seconds)))
     cpu0, scan0 = cpu_seconds(running.roots), cpu_seconds(scanner_roots)
     with RssSampler(running.roots) as rss:
@@ -527,7 +527,7 @@ def measure_direct(env: Env, mode: str, sessions: int, size: int, seconds: float
     })
     clamd = ClamdScanner(conf.clamav)
     spamd = SpamdScanner(conf.spamassassin) if mode == "full" else None
-    warm = asyncio.run(drive_scanners(clamd, spamd, sessions, size, max(20, 10 * sessions)))
+    warm = asyncio.run(drive_scanners(clamd, spamd, sessions, size, max(20, 4 * sessions)))
     count = int(min(5000, max(40, warm * seconds)))
     scan0 = cpu_seconds(scanner_roots)
     rate = asyncio.run(drive_scanners(clamd, spamd, sessions, size, count))

@@ -45,17 +45,39 @@ SIZES = (10240, 102400)
 SESSIONS = (1, 16)
 
 
-def source_message(size: int) -> bytes:
-    """What smtp-source sends: four headers, then numbered lines of X up to `size`."""
-    head = (b"From: <sender@example.net>\r\nTo: <rcpt@example.org>\r\n"
-            b"Date: Sun, 29 Nov 2026 05:01:14 +0000 (UTC)\r\nMessage-Id: <bench@vm>\r\n\r\n")
-    lines, total, n = [], 0, 1
-    while total < size:
-        line = (str(n).encode() + b"X" * 79)[:79 if total + 81 <= size else size - total]
-        lines.append(line + b"\r\n")
-        total += len(line) + 2
-        n += 1
-    return head + b"".join(lines)
+def smtp_source_message(size: int) -> bytes:
+    """The message smtp-source sends with `-l size`, captured from smtp-source itself, so that
+    scanners driven directly see what the filters see (SpamAssassin's work depends on the
+    exact headers: a look-alike cost spamd 10% less CPU)."""
+    import socket
+
+    content = b""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        proc = subprocess.Popen(["smtp-source", "-L", "-m", "1", "-l", str(size),
+                                 "-f", "sender@example.net", "-t", "rcpt@example.org",
+                                 f"127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server.settimeout(10)
+        conn, _ = server.accept()
+        with conn, conn.makefile("rwb") as peer:
+            peer.write(b"220 capture\r\n")
+            peer.flush()
+            while line := peer.readline():
+                verb = line[:4].upper()
+                if verb == b"DATA":
+                    peer.write(b"354 go\r\n")
+                    peer.flush()
+                    while (line := peer.readline()) not in (b".\r\n", b""):
+                        content += line[1:] if line.startswith(b"..") else line
+                elif verb == b"QUIT":
+                    peer.write(b"221 bye\r\n")
+                    peer.flush()
+                    break
+                peer.write(b"250 ok\r\n")  # also the one reply after DATA (one recipient)
+                peer.flush()
+        proc.wait(10)
+    return content
 
 
 def smtp_source(port: int, sessions: int, size: int, count: int) -> float:
@@ -70,7 +92,7 @@ def smtp_source(port: int, sessions: int, size: int, count: int) -> float:
 async def drive_scanners(clamd: ClamdScanner | None, spamd: SpamdScanner | None,
                          sessions: int, size: int, count: int) -> float:
     """Messages/s when the scanners are fed directly, `sessions` at a time."""
-    data = source_message(size)
+    data = smtp_source_message(size)
     queue = iter(range(count))
 
     async def worker() -> None:
