@@ -33,7 +33,8 @@ Per cell:
 
     usage: python3 bench/compare.py [--products lmtpfilter,amavisd,fuglu,direct]
                                     [--modes none,clamav,full] [--sessions 1,16]
-                                    [--sizes 10,100] [--seconds 8] [--markdown FILE]
+                                    [--sizes 10,100] [--seconds 8] [--repeat 1]
+                                    [--markdown FILE]
 """
 
 from __future__ import annotations
@@ -500,9 +501,23 @@ class Cell:
     rss_sum: float
 
 
+def settle(roots: list[int], timeout: float = 60.0) -> None:
+    """Until the processes are idle (workers done starting: their imports would otherwise
+    count as CPU of the first measurement)."""
+    deadline = time.monotonic() + timeout
+    before = cpu_seconds(roots)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(roots)
+        if now - before < 0.02:
+            return
+        before = now
+
+
 def measure(running: Running, scanner_roots: list[int], product: str, mode: str,
             sessions: int, size: int, seconds: float) -> Cell:
     port, lmtp, reuse = running.port, running.lmtp, running.reuse
+    settle(running.roots + scanner_roots)
     warm = smtp_source(port, lmtp, sessions, size, max(20, 4 * sessions), reuse)
     count = int(min(5000, max(40, warm * seconds)))
     cpu0, scan0 = cpu_seconds(running.roots), cpu_seconds(scanner_roots)
@@ -611,6 +626,9 @@ def main() -> int:
     parser.add_argument("--sessions", default="1,16")
     parser.add_argument("--sizes", default="10,100", help="KB")
     parser.add_argument("--seconds", type=float, default=8.0, help="per measured pass")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure each cell N times and keep the median by msg/s "
+                             "(the machine's own noise is +-25%% from run to run)")
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
     args = parser.parse_args()
     products = args.products.split(",")
@@ -619,7 +637,7 @@ def main() -> int:
              for k in args.sizes.split(",")]
     base = short_tmpdir("lmtpf-cmp-")
     cells: list[Cell] = []
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {CPUS} CPUs, {machine()}", flush=True)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {machine()}", flush=True)
     try:
         with shared_daemons(base) as env:
             scanner_roots = [env.clamd.pid, env.spamd.pid]
@@ -628,15 +646,17 @@ def main() -> int:
                     if product == "direct":
                         if mode != "none":
                             for sessions, size in loads:
-                                cells.append(measure_direct(env, mode, sessions, size,
-                                                            args.seconds, scanner_roots))
+                                cells.append(median([
+                                    measure_direct(env, mode, sessions, size, args.seconds,
+                                                   scanner_roots) for _ in range(args.repeat)]))
                                 print_progress(cells[-1])
                         continue
                     running = STARTERS[product](env, mode)
                     try:
                         for sessions, size in loads:
-                            cells.append(measure(running, scanner_roots, product, mode,
-                                                 sessions, size, args.seconds))
+                            cells.append(median([
+                                measure(running, scanner_roots, product, mode, sessions,
+                                        size, args.seconds) for _ in range(args.repeat)]))
                             print_progress(cells[-1])
                     finally:
                         running.stop()
@@ -654,11 +674,18 @@ def main() -> int:
     print_table(RATIO_HEADER, ratio_rows(cells), markdown=False)
     if args.markdown:
         with args.markdown.open("w") as out:
-            print(f"Measured {time.strftime('%Y-%m-%d')} on {machine()}.\n", file=out)
+            print(f"Measured {time.strftime('%Y-%m-%d')} on {machine()}"
+                  + (f", median of {args.repeat} runs per cell" if args.repeat > 1 else "")
+                  + ".\n", file=out)
             print_table(HEADER, [row(c) for c in cells], markdown=True, out=out)
             print("\nlmtpfilter's msg/s divided by the others':\n", file=out)
             print_table(RATIO_HEADER, ratio_rows(cells), markdown=True, out=out)
     return 0
+
+
+def median(cells: list[Cell]) -> Cell:
+    """The measurement with the median msg/s (the upper one of an even number)."""
+    return sorted(cells, key=lambda c: c.rate)[len(cells) // 2]
 
 
 def print_progress(c: Cell) -> None:
