@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
 import signal
@@ -132,19 +133,23 @@ class RssSampler:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.05):
+        pids: list[int] = []
+        for sample in itertools.count():
+            if self._stop.wait(0.05):
+                return
+            if sample % 20 == 0:  # walking /proc for the tree costs more than the sample
+                pids = [pid for root in self.roots for pid in tree(root)]
             now = 0.0
-            for root in self.roots:
-                for pid in tree(root):
-                    try:
-                        status = Path(f"/proc/{pid}/status").read_text()
-                    except OSError:
-                        continue
-                    for line in status.splitlines():
-                        if line.startswith("VmHWM:"):
-                            self.peak_one = max(self.peak_one, int(line.split()[1]) / 1024)
-                        elif line.startswith("VmRSS:"):
-                            now += int(line.split()[1]) / 1024
+            for pid in pids:
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_one = max(self.peak_one, int(line.split()[1]) / 1024)
+                    elif line.startswith("VmRSS:"):
+                        now += int(line.split()[1]) / 1024
             self.peak_sum = max(self.peak_sum, now)
 
 
