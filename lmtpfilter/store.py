@@ -292,7 +292,11 @@ class BulkInserter:
         return self._statements[key]
 
     def close(self) -> None:
+        """Close the connection in the thread that made it (SQLite insists), then the thread."""
+        self._thread.submit(self._close).result()
         self._thread.shutdown(wait=True)
+
+    def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -307,7 +311,7 @@ class _DriverInsert:
             if column.name not in keys and not generated and (
                     column.default is not None or not column.nullable):
                 raise ValueError(f"{table.name}.{column.name} must be given: "
-                                     "driver-level inserts apply no defaults")
+                                 "driver-level inserts apply no defaults")
         compiled = insert(table).compile(dialect=dialect, column_keys=list(keys))
         self.sql = compiled.string
         processors = {k: table.c[k].type.dialect_impl(dialect).bind_processor(dialect)
