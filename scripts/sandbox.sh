@@ -152,19 +152,7 @@ start_spamd() {
   mkdir -p "$d/site" "$d/home"
   chown nobody "$d/home"
   cp /etc/spamassassin/*.pre "$d/site/"
-  cat > "$d/site/local.cf" <<'CONF'
-# sandbox: no network tests, no learning
-use_bayes 0
-bayes_auto_learn 0
-skip_rbl_checks 1
-dns_available no
-ifplugin Mail::SpamAssassin::Plugin::AWL
-use_auto_whitelist 0
-endif
-ifplugin Mail::SpamAssassin::Plugin::TxRep
-use_txrep 0
-endif
-CONF
+  cp scripts/conf/spamd-local.cf "$d/site/local.cf"   # shared with the test harness
   setsid spamd -C /usr/share/spamassassin --siteconfigpath="$d/site" -L -x -u nobody \
     -H "$d/home" -i "127.0.0.1:$SPAMD_PORT" -A 127.0.0.1 --min-children=2 --max-children=2 \
     -r "$d/spamd.pid" -s "$d/spamd.log" > "$d/stderr" 2>&1 < /dev/null &
@@ -210,33 +198,8 @@ queue_run_delay = 10s
 minimal_backoff_time = 10s
 maximal_backoff_time = 60s
 CONF
-  cat > "$d/etc/master.cf" <<CONF
-127.0.0.1:$SMTP_PORT inet n - n - - smtpd
-pickup     unix  n - n 60 1 pickup
-cleanup    unix  n - n -  0 cleanup
-qmgr       unix  n - n 300 1 qmgr
-tlsmgr     unix  - - n 1000? 1 tlsmgr
-rewrite    unix  - - n -  - trivial-rewrite
-bounce     unix  - - n -  0 bounce
-defer      unix  - - n -  0 bounce
-trace      unix  - - n -  0 bounce
-verify     unix  - - n -  1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n -  - proxymap
-proxywrite unix  - - n -  1 proxymap
-smtp       unix  - - n -  - smtp
-relay      unix  - - n -  - smtp
-showq      unix  n - n -  - showq
-error      unix  - - n -  - error
-retry      unix  - - n -  - error
-discard    unix  - - n -  - discard
-local      unix  - n n -  - local
-virtual    unix  - n n -  - virtual
-lmtp       unix  - - n -  - lmtp
-anvil      unix  - - n -  1 anvil
-scache     unix  - - n -  1 scache
-postlog    unix-dgram n - n - 1 postlogd
-CONF
+  # The services are shared with the test harness; only smtpd listens, on loopback.
+  sed "s/{listen}/127.0.0.1:$SMTP_PORT/" scripts/conf/postfix-master.cf > "$d/etc/master.cf"
   # Postfix re-reads a main.cf changed less than ~2 s ago until it "cools down": backdate it.
   touch -d "10 seconds ago" "$d"/etc/*
   postfix -c "$d/etc" start > "$d/start.log" 2>&1 || { cat "$d/start.log" >&2; return 1; }

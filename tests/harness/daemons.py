@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[2]
+"""The checkout: the daemon configs shared with scripts/sandbox.sh are in scripts/conf."""
 USER_PASSWORD = "secret"
 """Password of every Dovecot user."""
 MASTER_USER = "admin"
@@ -538,33 +540,7 @@ def start_dovecot(
 
 # --------------------------------------------------------------------------- Postfix
 
-_MASTER_CF = """\
-{listen} inet n - n - - smtpd
-pickup     unix  n - n 60 1 pickup
-cleanup    unix  n - n -  0 cleanup
-qmgr       unix  n - n 300 1 qmgr
-tlsmgr     unix  - - n 1000? 1 tlsmgr
-rewrite    unix  - - n -  - trivial-rewrite
-bounce     unix  - - n -  0 bounce
-defer      unix  - - n -  0 bounce
-trace      unix  - - n -  0 bounce
-verify     unix  - - n -  1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n -  - proxymap
-proxywrite unix  - - n -  1 proxymap
-smtp       unix  - - n -  - smtp
-relay      unix  - - n -  - smtp
-showq      unix  n - n -  - showq
-error      unix  - - n -  - error
-retry      unix  - - n -  - error
-discard    unix  - - n -  - discard
-local      unix  - n n -  - local
-virtual    unix  - n n -  - virtual
-lmtp       unix  - - n -  - lmtp
-anvil      unix  - - n -  1 anvil
-scache     unix  - - n -  1 scache
-postlog    unix-dgram n - n - 1 postlogd
-"""
+_MASTER_CF = (REPO / "scripts" / "conf" / "postfix-master.cf").read_text()
 
 
 @dataclass
