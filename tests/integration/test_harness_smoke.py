@@ -36,6 +36,8 @@ def make_message(subject: str, to: str = "a@example.org") -> bytes:
     ).encode()
 
 
+# Daemons of this module's own, not conftest's session-wide ones: these tests pause, restart
+# and fill them, which would disturb the other modules' tests.
 @pytest.fixture(scope="module")
 def base() -> Iterator[Path]:
     path = short_tmpdir("lmtpf-smoke-")

@@ -54,6 +54,8 @@ def mail(subject: str, body: bytes) -> bytes:
     )
 
 
+# Daemons of this module's own, not conftest's session-wide ones: these tests pause, restart
+# and fill them, which would disturb the other modules' tests.
 @pytest.fixture(scope="module")
 def base() -> Iterator[Path]:
     path = short_tmpdir("lmtpf-scan-")
