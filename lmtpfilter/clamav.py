@@ -2,7 +2,7 @@
 
 python-clamd (the `clamd` package) is synchronous and streams in 1 KiB sends, which would
 block the event loop and cost a syscall per KiB; the scan itself is therefore streamed here
-in large chunks (DESIGN.md §9). The package is still used, off the event loop, for the
+in large chunks (docs/design.md §9). The package is still used, off the event loop, for the
 version probe logged at start-up.
 
 clamd takes one command per connection, so each scan connects. It uses the event loop's
@@ -27,7 +27,8 @@ import struct
 import time
 from typing import Any
 
-from .config import Address, ClamavConfig
+from .config import ClamavConfig
+from .options import Address
 from .scanresult import Status, VirusResult, guarded
 
 log = logging.getLogger(__name__)

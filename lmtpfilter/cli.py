@@ -1,4 +1,4 @@
-"""The `lmtpfilter` command line (DESIGN.md §3). Exit codes: 0 ok, 1 runtime failure,
+"""The `lmtpfilter` command line (docs/design.md §2). Exit codes: 0 ok, 1 runtime failure,
 2 usage or config error; errors are one line on stderr."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from . import __version__
 from . import config as cfg
+from .options import parse_duration
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -32,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _duration(text: str) -> float:
     try:
-        return cfg.parse_duration(text)
+        return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -65,19 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True, parser_class=_Parser)
     uset = user.add_parser("set", parents=[common], help="set overrides for ADDRESS")
     uset.add_argument("address", help="user@domain, or @domain for a whole domain")
-    for name, kind in [("tag-level", float), ("tag2-level", float), ("kill-level", float),
-                       ("spam-subject-tag", str), ("junk-folder", str)]:
-        uset.add_argument(f"--{name}", type=kind)
-    uset.add_argument("--spam-destiny", choices=["pass", "discard", "reject"])
-    uset.add_argument("--virus-destiny", choices=["pass", "discard", "reject"])
-    uset.add_argument("--junk-destiny", choices=["junk", "inbox", "discard"])
-    uset.add_argument("--on-scanner-failure", choices=["tempfail", "pass"])
-    for name in ("spam", "virus"):
-        group = uset.add_mutually_exclusive_group()
-        group.add_argument(f"--bypass-{name}", dest=f"bypass_{name}_checks",
-                           action="store_const", const=True)
-        group.add_argument(f"--no-bypass-{name}", dest=f"bypass_{name}_checks",
-                           action="store_const", const=False)
+    _add_policy_flags(uset)
     uset.add_argument("--unset", action="append", default=[], metavar="KEY",
                       help="remove an override (e.g. kill_level); repeatable")
     for action in ("show", "delete"):
@@ -112,6 +101,24 @@ def _parser() -> argparse.ArgumentParser:
     logp.add_argument("--since", type=_duration, default=3600.0, metavar="AGE")
     logp.add_argument("--recipient", metavar="ADDRESS")
     return parser
+
+
+def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per per-user [policy] key, from the option table: its type, its choices and
+    its help. Values are validated again by the key's own parser (userpolicy)."""
+    from .options import UserKind, user_kind
+
+    for f in cfg.per_user_options():
+        parse, text = f.metadata["parse"], f.metadata["help"].replace("%", "%%")
+        kind = user_kind(parse)
+        if kind in (UserKind.FLAG, UserKind.MEMBERSHIP):
+            parser.add_argument(cfg.cli_flag(f), dest=f.name, default=None, help=text,
+                                action=argparse.BooleanOptionalAction)
+        elif kind is UserKind.CHOICE:
+            parser.add_argument(cfg.cli_flag(f), dest=f.name, choices=parse.choices, help=text)
+        else:
+            parser.add_argument(cfg.cli_flag(f), dest=f.name, metavar="VALUE", help=text,
+                                type=float if kind is UserKind.NUMBER else str)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -268,9 +275,9 @@ def _user(config: cfg.Config, args: argparse.Namespace) -> int:
             overrides = up.overrides_of(row) if row else {}
             effective = up.effective(config.policy, key,
                                      store.transaction(lambda s: up.rows_for(s, key)))
-            for name in up.OVERRIDABLE:
+            for name, value in up.per_user_values(effective).items():
                 mark = "  (override)" if name in overrides else ""
-                print(f"{name} = {getattr(effective, name)!r}{mark}")
+                print(f"{name} = {value!r}{mark}")
             return EXIT_OK
         if args.action == "delete":
             deleted = store.transaction(lambda s: _delete_user(s, key))
@@ -284,7 +291,7 @@ def _user(config: cfg.Config, args: argparse.Namespace) -> int:
         if not changes and not args.unset:
             raise CliError("nothing to set: give at least one option", EXIT_USAGE)
         row = store.transaction(lambda s: up.overrides_of(
-            up.set_overrides(s, key, changes, args.unset)))
+            up.set_overrides(config.policy, s, key, changes, args.unset)))
         print(f"{key}: " + (" ".join(f"{k}={v!r}" for k, v in row.items()) or "no overrides"))
         _sync_after_change(config, store, key)
         return EXIT_OK

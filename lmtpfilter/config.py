@@ -1,9 +1,10 @@
-"""The configuration: every option declared once, with its type, default, validator and help.
+"""The configuration: every option of the config file declared once, in one table.
 
-Each section is a frozen dataclass; each field is declared with :func:`option`, which carries the
-raw TOML default, the parser that validates and converts it, and the help text. The loader, the
-`check-config` printout and the generated reference (docs/configuration.md) all read this one
-table, so a new option is one declaration here and nothing else.
+Each section is a frozen dataclass; each field is declared with :func:`~.options.option`, which
+carries the raw TOML default, the parser that validates and converts it, and the help text. The
+loader, the `check-config` printout, the generated reference (docs/configuration.md) and, for
+[policy] keys marked ``per_user``, the per-recipient policy, the user_policies columns and the
+`lmtpfilter user set` flags all read this one table (docs/design.md §2).
 
 Bad input fails at load time with :class:`ConfigError`, whose message names the key.
 """
@@ -12,14 +13,43 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import socket
-import string
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from .options import (
+    _DURATION_UNITS,
+    Address,
+    InvalidValue,
+    SizeOrPercent,
+    declared,
+    int_in_range,
+    key_of,
+    one_of,
+    option,
+    parse_address,
+    parse_address_list,
+    parse_address_or_domain_list,
+    parse_bool,
+    parse_cron,
+    parse_db_url,
+    parse_duration,
+    parse_float,
+    parse_folder,
+    parse_header_template,
+    parse_hostname,
+    parse_mail_address_list,
+    parse_mode,
+    parse_optional_address,
+    parse_optional_path,
+    parse_path,
+    parse_size,
+    parse_size_or_percent,
+    parse_str,
+)
 
 DEFAULT_PATH = Path("/etc/lmtpfilter/lmtpfilter.toml")
 ENV_VAR = "LMTPFILTER_CONFIG"
@@ -29,287 +59,8 @@ class ConfigError(Exception):
     """A config file that cannot be used; the message is one line naming the key."""
 
 
-class _Invalid(ValueError):
-    """Raised by a parser; the loader adds the key name."""
-
-
 # --------------------------------------------------------------------------------------------
-# Value types and their parsers. Each parser takes the raw TOML value and returns the typed one.
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Address:
-    """Where to listen or connect: TCP host:port or a unix socket path."""
-
-    host: str = ""
-    port: int = 0
-    path: str = ""  # set for unix sockets
-
-    @property
-    def is_unix(self) -> bool:
-        return bool(self.path)
-
-    def __str__(self) -> str:
-        if self.path:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-# Unix socket paths are limited to 108 bytes including the NUL (sun_path).
-_MAX_UNIX_PATH = 107
-
-
-def parse_address(value: object) -> Address:
-    if not isinstance(value, str) or not value:
-        raise _Invalid('expected "host:port" or "unix:/path"')
-    if value.startswith("unix:"):
-        path = value[5:]
-        if not path.startswith("/"):
-            raise _Invalid(f"unix socket path must be absolute, got {path!r}")
-        if len(path.encode()) > _MAX_UNIX_PATH:
-            raise _Invalid(f"unix socket path longer than {_MAX_UNIX_PATH} bytes")
-        return Address(path=path)
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", value)
-    if not m:
-        raise _Invalid(f'expected "host:port", "[ipv6]:port" or "unix:/path", got {value!r}')
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if not 0 < port < 65536:
-        raise _Invalid(f"port out of range in {value!r}")
-    return Address(host=host, port=port)
-
-
-def parse_optional_address(value: object) -> Address | None:
-    if value == "":
-        return None
-    return parse_address(value)
-
-
-def parse_address_list(value: object) -> tuple[Address, ...]:
-    if not isinstance(value, list) or not value:
-        raise _Invalid("expected a non-empty list of addresses")
-    return tuple(parse_address(v) for v in value)
-
-
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def parse_size(value: object) -> int:
-    """Bytes, from an integer or a string like "512K", "50M", "10G"."""
-    if isinstance(value, bool):
-        raise _Invalid('expected a size such as 10485760 or "10M"')
-    if isinstance(value, int):
-        if value < 0:
-            raise _Invalid("size must not be negative")
-        return value
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
-        if m:
-            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
-    raise _Invalid(f'expected a size such as 10485760 or "10M", got {value!r}')
-
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: object) -> float:
-    """Seconds, from a number or a string like "30s", "15m", "30d"."""
-    if isinstance(value, bool):
-        raise _Invalid('expected a duration such as 60 or "15m"')
-    if isinstance(value, int | float):
-        if value < 0:
-            raise _Invalid("duration must not be negative")
-        return float(value)
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", value)
-        if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
-    raise _Invalid(f'expected a duration such as 60, "30s", "15m", "30d", got {value!r}')
-
-
-@dataclass(frozen=True)
-class SizeOrPercent:
-    """A free-space floor: an absolute byte count or a percentage of the filesystem."""
-
-    bytes: int = 0
-    percent: float = 0.0
-
-    def of(self, total: int) -> int:
-        return self.bytes if not self.percent else int(total * self.percent / 100)
-
-    def __str__(self) -> str:
-        return f"{self.percent:g}%" if self.percent else str(self.bytes)
-
-
-def parse_size_or_percent(value: object) -> SizeOrPercent:
-    if isinstance(value, str) and value.strip().endswith("%"):
-        try:
-            pct = float(value.strip()[:-1])
-        except ValueError:
-            raise _Invalid(f"expected a percentage such as \"5%\", got {value!r}") from None
-        if not 0 <= pct < 100:
-            raise _Invalid("percentage must be between 0 and 100")
-        return SizeOrPercent(percent=pct)
-    return SizeOrPercent(bytes=parse_size(value))
-
-
-def parse_bool(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"expected true or false, got {value!r}")
-    return value
-
-
-def parse_str(value: object) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(f"expected a string, got {value!r}")
-    if any(ord(c) < 32 and c != "\t" for c in value):
-        raise _Invalid("control characters are not allowed")
-    return value
-
-
-def parse_float(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(f"expected a number, got {value!r}")
-    return float(value)
-
-
-def int_in_range(lo: int, hi: int) -> Callable[[object], int]:
-    def parse(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"expected an integer, got {value!r}")
-        if not lo <= value <= hi:
-            raise _Invalid(f"must be between {lo} and {hi}, got {value}")
-        return value
-
-    return parse
-
-
-def one_of(*choices: str) -> Callable[[object], str]:
-    def parse(value: object) -> str:
-        if value not in choices:
-            raise _Invalid(f"must be one of {', '.join(choices)}; got {value!r}")
-        return str(value)
-
-    parse.choices = choices  # type: ignore[attr-defined]
-    return parse
-
-
-def parse_mode(value: object) -> int:
-    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3,4}", value):
-        return int(value, 8)
-    raise _Invalid(f'expected an octal mode such as "0660", got {value!r}')
-
-
-def parse_hostname(value: object) -> str:
-    text = parse_str(value)
-    if text and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", text):
-        raise _Invalid(f"not a valid host name: {text!r}")
-    return text
-
-
-_ADDRESS_RE = re.compile(r"[^@\s<>]+@[^@\s<>]+")
-_DOMAIN_RE = re.compile(r"@?[A-Za-z0-9.-]+")
-
-
-def parse_address_or_domain_list(value: object) -> tuple[str, ...]:
-    """Recipients ("user@dom") or domains ("@dom", or "dom" in local_domains); lower-cased."""
-    if not isinstance(value, list):
-        raise _Invalid("expected a list of addresses or @domains")
-    out = []
-    for item in value:
-        if not isinstance(item, str) or not (
-            _ADDRESS_RE.fullmatch(item) or _DOMAIN_RE.fullmatch(item)
-        ):
-            raise _Invalid(f'expected "user@domain" or "@domain", got {item!r}')
-        out.append(item.lower())
-    return tuple(out)
-
-
-def parse_mail_address_list(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise _Invalid("expected a list of mail addresses")
-    for item in value:
-        if not isinstance(item, str) or not _ADDRESS_RE.fullmatch(item):
-            raise _Invalid(f"not a mail address: {item!r}")
-    return tuple(value)
-
-
-def parse_header_template(value: object) -> str:
-    text = parse_str(value)
-    try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
-    except ValueError as exc:
-        raise _Invalid(f"bad template: {exc}") from None
-    if fields - {"hostname"}:
-        raise _Invalid(f"unknown placeholder(s): {', '.join(sorted(fields - {'hostname'}))}")
-    return text
-
-
-def parse_folder(value: object) -> str:
-    text = parse_str(value)
-    if not text or len(text) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise _Invalid("folder name must be 1-200 printable characters")
-    return text
-
-
-def parse_cron(value: object) -> str:
-    text = parse_str(value)
-    if len(text.split()) != 5:
-        raise _Invalid(f'expected 5 cron fields such as "*/15 * * * *", got {text!r}')
-    from apscheduler.triggers.cron import CronTrigger  # slow import: only when validating
-
-    try:
-        CronTrigger.from_crontab(text)
-    except ValueError as exc:
-        raise _Invalid(f"bad cron expression {text!r}: {exc}") from None
-    return text
-
-
-def parse_db_url(value: object) -> str:
-    text = parse_str(value)
-    from sqlalchemy.engine import make_url  # slow import: only when validating
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        make_url(text)
-    except ArgumentError as exc:
-        raise _Invalid(str(exc)) from None
-    return text
-
-
-def parse_path(value: object) -> Path:
-    text = parse_str(value)
-    if not text.startswith("/"):
-        raise _Invalid(f"expected an absolute path, got {text!r}")
-    return Path(text)
-
-
-def parse_optional_path(value: object) -> Path | None:
-    if value == "":
-        return None
-    return parse_path(value)
-
-
-# --------------------------------------------------------------------------------------------
-# The declaration helper.
-# --------------------------------------------------------------------------------------------
-
-
-def option(default: object, parse: Callable[[object], Any], help: str) -> Any:
-    """Declare one option: its raw default (as written in TOML), its parser and its help.
-
-    The raw default goes through the same parser as user input, so defaults are validated too.
-    """
-    return field(
-        default_factory=lambda: parse(default),
-        metadata={"raw_default": default, "parse": parse, "help": help},
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# The sections. Names are fixed by DESIGN.md §2.
+# The sections. Their names are part of the config file's contract (docs/design.md §2).
 # --------------------------------------------------------------------------------------------
 
 
@@ -372,34 +123,73 @@ _DESTINIES = ("pass", "discard", "reject")
 
 @dataclass(frozen=True)
 class PolicyConfig:
+    """The [policy] section. Keys marked per_user may be overridden for an address or a
+    domain (`lmtpfilter user set`); see policy.RecipientPolicy for how they apply."""
+
     SECTION: ClassVar[str] = "policy"
     tag_level: float = option(
-        -999.0, parse_float, "Add X-Spam-Status/Score/Level at or above this score.")
+        -999.0, parse_float, "Add X-Spam-Status/Score/Level at or above this score.",
+        per_user=True)
     tag2_level: float = option(
-        5.0, parse_float, "At or above: X-Spam-Flag: YES and the subject tag (spam).")
-    kill_level: float = option(25.0, parse_float, "At or above: apply spam_destiny.")
+        5.0, parse_float, "At or above: X-Spam-Flag: YES and the subject tag (spam).",
+        per_user=True)
+    kill_level: float = option(
+        25.0, parse_float, "At or above: apply spam_destiny.", per_user=True)
     spam_subject_tag: str = option(
-        "[SPAM] ", parse_str, 'Prefix added to the Subject of spam; "" for none.')
+        "[SPAM] ", parse_str, 'Prefix added to the Subject of spam; "" for none.',
+        per_user=True)
     spam_destiny: str = option(
-        "discard", one_of(*_DESTINIES), "What happens at kill level: pass | discard | reject.")
+        "discard", one_of(*_DESTINIES), "What happens at kill level: pass | discard | reject.",
+        per_user=True)
+    dsn_cutoff_level: float = option(
+        10.0, parse_float,
+        "Spam with spam_destiny = reject at or above this score is discarded (and "
+        "quarantined) instead: a 5xx makes Postfix bounce to a sender that spam forges "
+        "(amavis's $sa_dsn_cutoff_level).", per_user=True)
     virus_destiny: str = option(
-        "discard", one_of(*_DESTINIES), "What happens to a virus: pass | discard | reject.")
+        "discard", one_of(*_DESTINIES), "What happens to a virus: pass | discard | reject.",
+        per_user=True)
     junk_destiny: str = option(
         "junk", one_of("junk", "inbox", "discard"),
-        "What the user's Sieve script does with tagged spam: junk | inbox | discard.")
-    junk_folder: str = option("Junk", parse_folder, "Folder for junk_destiny = junk.")
+        "What the user's Sieve script does with tagged spam: junk | inbox | discard.",
+        per_user=True)
+    junk_folder: str = option(
+        "Junk", parse_folder, "Folder for junk_destiny = junk.", per_user=True)
     bypass_spam_checks: tuple[str, ...] = option(
-        [], parse_address_or_domain_list, 'Recipients ("user@dom") or domains ("@dom").')
+        [], parse_address_or_domain_list,
+        'Recipients ("user@dom") or domains ("@dom") not spam-checked; per user: true/false.',
+        per_user=True)
     bypass_virus_checks: tuple[str, ...] = option(
-        [], parse_address_or_domain_list, 'Recipients ("user@dom") or domains ("@dom").')
+        [], parse_address_or_domain_list,
+        'Recipients ("user@dom") or domains ("@dom") not virus-checked; per user: true/false.',
+        per_user=True)
     local_domains: tuple[str, ...] = option(
         [], parse_address_or_domain_list,
         "Domains accepted at RCPT; empty = every recipient is local (the LMTP case).")
     on_scanner_failure: str = option(
         "tempfail", one_of("tempfail", "pass"),
-        "A scanner down or timing out: tempfail (451) or pass (deliver unscanned, marked).")
+        "A scanner down or timing out: tempfail (451) or pass (deliver unscanned, marked).",
+        per_user=True)
     x_header_line: str = option(
         "lmtpfilter at {hostname}", parse_header_template, "Value of X-Virus-Scanned.")
+
+    def inconsistency(self) -> str | None:
+        """What breaks a rule between keys, or None. The config file and every per-user
+        override (with the values it inherits) are held to the same rules."""
+        if not self.tag_level <= self.tag2_level <= self.kill_level:
+            return (f"tag_level <= tag2_level <= kill_level does not hold "
+                    f"({self.tag_level:g}, {self.tag2_level:g}, {self.kill_level:g})")
+        return None
+
+
+def per_user_options() -> list[dataclasses.Field[Any]]:
+    """The [policy] keys that may be overridden per user or domain, in declaration order."""
+    return [f for f in declared(PolicyConfig) if f.metadata["per_user"]]
+
+
+def cli_flag(f: dataclasses.Field[Any]) -> str:
+    """The `lmtpfilter user set` flag of a per-user key: kill_level -> --kill-level."""
+    return "--" + key_of(f).replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -491,25 +281,20 @@ class Config:
     janitor: JanitorConfig = field(default_factory=JanitorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "(defaults)"
+    # [server].hostname, or the machine's FQDN: resolved once, here, because getfqdn() may
+    # ask the resolver and the name is read on the event loop (Received:, quarantine copies).
+    hostname: str = field(default="", compare=False)
 
-    @property
-    def hostname(self) -> str:
-        return self.server.hostname or socket.getfqdn()
+    def __post_init__(self) -> None:
+        if not self.hostname:
+            object.__setattr__(self, "hostname", self.server.hostname or socket.getfqdn())
 
 
 SECTIONS: tuple[type, ...] = tuple(
     f.type if isinstance(f.type, type) else globals()[str(f.type)]
     for f in dataclasses.fields(Config)
-    if f.name != "source"
+    if f.name not in ("source", "hostname")
 )
-
-
-def _key(f: dataclasses.Field[Any]) -> str:
-    return f.name.rstrip("_")  # from_ -> from
-
-
-def _options(section: type) -> list[dataclasses.Field[Any]]:
-    return [f for f in dataclasses.fields(section) if "parse" in f.metadata]
 
 
 def from_mapping(data: Mapping[str, Any], source: str = "(mapping)") -> Config:
@@ -524,13 +309,13 @@ def from_mapping(data: Mapping[str, Any], source: str = "(mapping)") -> Config:
     for name, cls in known.items():
         given = dict(data.get(name, {}))
         kwargs: dict[str, Any] = {}
-        for f in _options(cls):
-            key = _key(f)
+        for f in declared(cls):
+            key = key_of(f)
             if key in given:
                 raw = given.pop(key)
                 try:
                     kwargs[f.name] = f.metadata["parse"](raw)
-                except _Invalid as exc:
+                except InvalidValue as exc:
                     raise ConfigError(f"{source}: [{name}] {key}: {exc}") from None
         if given:
             raise ConfigError(f"{source}: [{name}] unknown key {sorted(given)[0]!r}")
@@ -542,11 +327,9 @@ def from_mapping(data: Mapping[str, Any], source: str = "(mapping)") -> Config:
 
 def _check_consistency(config: Config) -> None:
     """Rules that involve more than one key."""
-    p = config.policy
-    if not p.tag_level <= p.tag2_level <= p.kill_level:
-        raise ConfigError(
-            f"{config.source}: [policy] tag_level <= tag2_level <= kill_level does not hold "
-            f"({p.tag_level:g}, {p.tag2_level:g}, {p.kill_level:g})")
+    problem = config.policy.inconsistency()
+    if problem:
+        raise ConfigError(f"{config.source}: [policy] {problem}")
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
@@ -615,8 +398,8 @@ def render(config: Config) -> str:
     for cls in SECTIONS:
         section = getattr(config, cls.SECTION)  # type: ignore[attr-defined]
         lines.append(f"\n[{cls.SECTION}]")  # type: ignore[attr-defined]
-        for f in _options(cls):
-            lines.append(f"{_key(f)} = {_effective(f, getattr(section, f.name))}")
+        for f in declared(cls):
+            lines.append(f"{key_of(f)} = {_effective(f, getattr(section, f.name))}")
     return "\n".join(lines) + "\n"
 
 
@@ -632,11 +415,13 @@ def reference() -> str:
     ]
     for cls in SECTIONS:
         out += ["", f"## [{cls.SECTION}]", "", "| key | default | meaning |", "|---|---|---|"]  # type: ignore[attr-defined]
-        for f in _options(cls):
+        for f in declared(cls):
             choices: Sequence[str] | None = getattr(f.metadata["parse"], "choices", None)
             meaning = f.metadata["help"].replace("|", "\\|")
             if choices and "|" not in f.metadata["help"]:
                 meaning += " One of: " + ", ".join(f"`{c}`" for c in choices) + "."
+            if f.metadata["per_user"]:
+                meaning += f" Per user or domain: `lmtpfilter user set {cli_flag(f)}`."
             default = _toml_value(f.metadata["raw_default"])
-            out.append(f"| `{_key(f)}` | `{default}` | {meaning} |")
+            out.append(f"| `{key_of(f)}` | `{default}` | {meaning} |")
     return "\n".join(out) + "\n"

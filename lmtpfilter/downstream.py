@@ -12,8 +12,9 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from .config import Address, DownstreamConfig
+from .config import DownstreamConfig
 from .lmtp_protocol import ClientConnection, Envelope, Piece, State
+from .options import Address
 from .reply import DOWNSTREAM_LOST, DOWNSTREAM_TIMEOUT, DOWNSTREAM_UNAVAILABLE, Reply
 
 log = logging.getLogger(__name__)

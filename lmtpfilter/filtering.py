@@ -45,8 +45,8 @@ class FilterStage:
         if not recipients:
             return
         policies = await self.policies.lookup(r.address for r in recipients)
-        need_virus = any(not p.bypass_virus_checks for p in policies.values())
-        need_spam = any(not p.bypass_spam_checks for p in policies.values())
+        need_virus = any(not p.listed(p.bypass_virus_checks) for p in policies.values())
+        need_spam = any(not p.listed(p.bypass_spam_checks) for p in policies.values())
         tx.scan = await self.scan(tx.message.data, need_virus, need_spam)
         for name, status, seconds in (("clamav", tx.scan.virus.status, tx.scan.virus.seconds),
                                       ("spamassassin", tx.scan.spam.status,

@@ -1,55 +1,65 @@
 """Per-recipient decisions: a pure function of (scan results, recipient policy).
 
 No I/O, no clock, no database here: :func:`decide` is exhaustively tested with tables
-(tests/data/policy_cases.toml). Precedence (DESIGN §4): virus > spam at kill level > spam at
-tag2 > clean. A scanner failure matters only to recipients whose decision depends on it.
+(tests/data/policy_cases.toml). Precedence (docs/design.md §3): virus > spam at kill level >
+spam at tag2 > clean. A scanner failure matters only to recipients whose decision depends on it.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from . import headers as h
 from .addresses import matches
-from .config import PolicyConfig
+from .config import PolicyConfig, per_user_options
+from .options import UserKind, declared, user_kind
 from .reply import Reply
 from .scanresult import ScanResult, Status
 
 
 @dataclass(frozen=True)
-class RecipientPolicy:
-    """The [policy] keys as they apply to one recipient (bypass lists already resolved)."""
+class RecipientPolicy(PolicyConfig):
+    """[policy] as it applies to one recipient: the config's section with the overrides of
+    the recipient's domain and then of the recipient applied (userpolicy.py).
 
-    tag_level: float = -999.0
-    tag2_level: float = 5.0
-    kill_level: float = 25.0
-    spam_subject_tag: str = "[SPAM] "
-    spam_destiny: str = "discard"  # pass | discard | reject
-    virus_destiny: str = "discard"
-    junk_destiny: str = "junk"  # for the user's Sieve script
-    junk_folder: str = "Junk"
-    bypass_spam_checks: bool = False
-    bypass_virus_checks: bool = False
-    on_scanner_failure: str = "tempfail"  # tempfail | pass
+    It is the same dataclass with the same validated values, so a key declared in
+    PolicyConfig is part of it with nothing more to write. An address list (a MEMBERSHIP key
+    such as bypass_spam_checks) stays a list here; overriding it for a user makes that user
+    listed or not, and :meth:`listed` answers for this recipient.
+    """
+
+    address: str = ""
 
     @classmethod
-    def from_config(cls, p: PolicyConfig, address: str) -> RecipientPolicy:
-        return cls(
-            tag_level=p.tag_level, tag2_level=p.tag2_level, kill_level=p.kill_level,
-            spam_subject_tag=p.spam_subject_tag, spam_destiny=p.spam_destiny,
-            virus_destiny=p.virus_destiny, junk_destiny=p.junk_destiny,
-            junk_folder=p.junk_folder,
-            bypass_spam_checks=matches(address, p.bypass_spam_checks),
-            bypass_virus_checks=matches(address, p.bypass_virus_checks),
-            on_scanner_failure=p.on_scanner_failure,
-        )
+    def of(cls, section: PolicyConfig, address: str) -> RecipientPolicy:
+        values = {f.name: getattr(section, f.name) for f in declared(PolicyConfig)}
+        return cls(address=address, **values)
+
+    def overridden(self, overrides: Mapping[str, Any]) -> RecipientPolicy:
+        """This policy with per-user values applied; each value must already have been
+        validated (options.parse_user_value)."""
+        changes: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if _USER_KINDS[key] is UserKind.MEMBERSHIP:
+                # Listed or not, whatever the config's list says about this address.
+                value = (self.address.lower(),) if value else ()
+            changes[key] = value
+        return replace(self, **changes)
+
+    def listed(self, entries: Iterable[str]) -> bool:
+        """Is this recipient in one of its address lists (e.g. self.bypass_spam_checks)?"""
+        return matches(self.address, entries)
+
+
+_USER_KINDS = {f.name: user_kind(f.metadata["parse"]) for f in per_user_options()}
 
 
 class PolicySource(Protocol):
-    """Where recipient policies come from: the config now, per-user DB overrides later."""
+    """Where recipient policies come from (userpolicy.DbPolicies: the config and the
+    per-user overrides in the database)."""
 
     async def lookup(self, addresses: Iterable[str]) -> dict[str, RecipientPolicy]: ...
 
@@ -92,7 +102,7 @@ class Decision:
 
     @property
     def quarantine(self) -> bool:
-        """Virus or kill-level spam that is not delivered keeps a copy (DESIGN §5)."""
+        """Virus or kill-level spam that is not delivered keeps a copy (docs/design.md §6)."""
         return self.action in (Action.DISCARD, Action.REJECT) and self.category in (
             Category.VIRUS, Category.SPAM)
 
@@ -113,7 +123,7 @@ def decide(scan: ScanResult, policy: RecipientPolicy, x_header_line: str) -> Dec
     category = Category.CLEAN
 
     # 1. Viruses first.
-    if not policy.bypass_virus_checks:
+    if not policy.listed(policy.bypass_virus_checks):
         if virus.status is Status.ERROR:
             if policy.on_scanner_failure == "tempfail":
                 return Decision(Action.TEMPFAIL, Category.UNCHECKED, VIRUS_TEMPFAIL)
@@ -130,7 +140,7 @@ def decide(scan: ScanResult, policy: RecipientPolicy, x_header_line: str) -> Dec
 
     # 2. Then spam.
     subject_tag = ""
-    if not policy.bypass_spam_checks:
+    if not policy.listed(policy.bypass_spam_checks):
         if spam.status is Status.ERROR:
             if policy.on_scanner_failure == "tempfail":
                 return Decision(Action.TEMPFAIL, Category.UNCHECKED, SPAM_TEMPFAIL)
@@ -142,8 +152,11 @@ def decide(scan: ScanResult, policy: RecipientPolicy, x_header_line: str) -> Dec
             score = spam.score
             is_spam = score >= policy.tag2_level
             if score >= policy.kill_level:
-                if policy.spam_destiny == "reject":
+                if policy.spam_destiny == "reject" and score < policy.dsn_cutoff_level:
                     return Decision(Action.REJECT, Category.SPAM, SPAM_REJECT)
+                if policy.spam_destiny == "reject":
+                    # Sure spam: its sender is forged, and a 5xx would bounce to that address.
+                    return Decision(Action.DISCARD, Category.SPAM)
                 if policy.spam_destiny == "discard":
                     return Decision(Action.DISCARD, Category.SPAM)
             if score >= policy.tag_level:

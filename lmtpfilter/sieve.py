@@ -1,5 +1,5 @@
 """Per-user spam destiny as generated Sieve scripts, installed where the delivery server runs
-them (DESIGN §6).
+them (docs/design.md §7).
 
 The script tests the per-recipient header lmtpfilter writes, ``X-Spam-Flag: YES`` (never a
 numeric comparison of X-Spam-Score: ``i;ascii-numeric`` reads "-1.3" as infinity):
@@ -272,7 +272,7 @@ def sync(config: Config, store: Store, only: str | None = None) -> list[str]:
         inst.install(key, generate(effective(config.policy, key, rows)))
         done.append(key)
     if only is None:
-        inst.install_default(generate(RecipientPolicy.from_config(config.policy, "x@x.invalid")))
+        inst.install_default(generate(RecipientPolicy.of(config.policy, "x@x.invalid")))
         done.append("(default)")
     return done
 

@@ -11,8 +11,9 @@ import asyncio
 import re
 import time
 
-from .config import Address, SpamassassinConfig
+from .config import SpamassassinConfig
 from .downstream import write_all
+from .options import Address
 from .scanresult import SpamResult, Status, guarded
 
 MAX_RESPONSE = 4 * 1024 * 1024

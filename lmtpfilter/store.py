@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     Boolean,
+    Column,
     DateTime,
     Float,
     ForeignKey,
@@ -38,6 +39,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeEngine
+
+from .config import per_user_options
+from .options import UserKind, user_kind
 
 T = TypeVar("T")
 
@@ -127,26 +132,40 @@ class QuarantineRecord(Base):
         return [r for r in self.recipients.split("\n") if r]
 
 
+# The per-user form of each per_user [policy] key, as a column type (options.UserKind).
+OVERRIDE_COLUMN_TYPES: dict[UserKind, Callable[[], TypeEngine[Any]]] = {
+    UserKind.NUMBER: Float,
+    UserKind.TEXT: lambda: String(200),
+    UserKind.CHOICE: lambda: String(16),
+    UserKind.FLAG: Boolean,
+    UserKind.MEMBERSHIP: Boolean,
+}
+
+
+def _override_columns() -> list[Column[Any]]:
+    """One nullable column per per-user key of the option table (config.PolicyConfig)."""
+    return [Column(f.name, OVERRIDE_COLUMN_TYPES[user_kind(f.metadata["parse"])](),
+                   nullable=True)
+            for f in per_user_options()]
+
+
 class UserPolicy(Base):
     """Per-user (``user@example.org``) or per-domain (``@example.org``) overrides of [policy].
 
-    NULL means "not overridden": the domain's value, else the config's, applies.
+    The override columns are not written here: there is one per per_user key of the option
+    table, named after it (``row.kill_level``; read them with getattr). NULL means "not
+    overridden": the domain's value, else the config's, applies. A new key needs a migration
+    that adds its column; tests/unit/test_policy_keys.py compares the migrations with this.
     """
 
-    __tablename__ = "user_policies"
-    address: Mapped[str] = mapped_column(String(512), primary_key=True)
-    tag_level: Mapped[float | None] = mapped_column(Float, nullable=True)
-    tag2_level: Mapped[float | None] = mapped_column(Float, nullable=True)
-    kill_level: Mapped[float | None] = mapped_column(Float, nullable=True)
-    spam_subject_tag: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    spam_destiny: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    virus_destiny: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    junk_destiny: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    junk_folder: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    bypass_spam_checks: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
-    bypass_virus_checks: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
-    on_scanner_failure: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    __table__ = Table(
+        "user_policies", Base.metadata,
+        Column("address", String(512), primary_key=True),
+        *_override_columns(),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    )
+    address: Mapped[str]
+    updated_at: Mapped[dt.datetime]
 
 
 class Notification(Base):

@@ -9,49 +9,71 @@ within that time.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable
-from dataclasses import fields, replace
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .addresses import domain_of
-from .config import PolicyConfig
+from .config import PolicyConfig, per_user_options
+from .options import InvalidValue, UserKind, key_of, parse_user_value, user_kind
 from .policy import RecipientPolicy
 from .store import Store, UserPolicy, utcnow
 
-# The overridable keys, with their validators (the same as the config file's).
-OVERRIDABLE = ("tag_level", "tag2_level", "kill_level", "spam_subject_tag", "spam_destiny",
-               "virus_destiny", "junk_destiny", "junk_folder", "bypass_spam_checks",
-               "bypass_virus_checks", "on_scanner_failure")
+log = logging.getLogger(__name__)
+
+# The overridable keys and their parsers, from the option table (config.PolicyConfig).
+_PARSERS = {key_of(f): f.metadata["parse"] for f in per_user_options()}
+OVERRIDABLE = tuple(_PARSERS)
+
+
+class InvalidOverride(ValueError):
+    """A per-user value, or the policy it makes, that the config file would refuse too."""
 
 
 def validate_override(key: str, value: object) -> Any:
-    """Check one override with the config's own parser; raises ValueError naming the key."""
-    if key not in OVERRIDABLE:
-        raise ValueError(f"unknown policy key {key!r}")
-    if key in ("bypass_spam_checks", "bypass_virus_checks"):
-        if not isinstance(value, bool):
-            raise ValueError(f"{key}: expected true or false")
-        return value
-    parse = next(f for f in fields(PolicyConfig) if f.name == key).metadata["parse"]
+    """Check one override with the config's own parser; raises InvalidOverride naming the key."""
+    if key not in _PARSERS:
+        raise InvalidOverride(f"unknown policy key {key!r}")
     try:
-        return parse(value)
-    except ValueError as exc:
-        raise ValueError(f"{key}: {exc}") from None
+        return parse_user_value(_PARSERS[key], value)
+    except InvalidValue as exc:
+        raise InvalidOverride(f"{key}: {exc}") from None
 
 
-def merge(config: PolicyConfig, address: str, rows: dict[str, UserPolicy]) -> RecipientPolicy:
-    """config < @domain row < address row (pure)."""
-    policy = RecipientPolicy.from_config(config, address)
+def apply(policy: RecipientPolicy, row: UserPolicy) -> RecipientPolicy:
+    """`policy` with the row's overrides, each validated as the config file's values are, and
+    the result held to the config's cross-key rules (tag <= tag2 <= kill)."""
+    changes = overrides_of(row)
+    overridden = policy.overridden({k: validate_override(k, v) for k, v in changes.items()})
+    problem = overridden.inconsistency()
+    if problem:
+        raise InvalidOverride(f"with the overrides of {row.address}: {problem}")
+    return overridden
+
+
+def merge(config: PolicyConfig, address: str, rows: Mapping[str, UserPolicy],
+          strict: bool = False) -> RecipientPolicy:
+    """config < @domain row < address row (pure).
+
+    A row that breaks a rule (written by hand in the database, or valid once and not after a
+    config change) raises InvalidOverride when `strict`; otherwise it is skipped with an error
+    in the log, and the recipient keeps the policy it would have without that row.
+    """
+    policy = RecipientPolicy.of(config, address)
     for key in ("@" + domain_of(address), address.lower()):
         row = rows.get(key)
         if row is None:
             continue
-        changes = {k: getattr(row, k) for k in OVERRIDABLE if getattr(row, k) is not None}
-        policy = replace(policy, **changes)
+        try:
+            policy = apply(policy, row)
+        except InvalidOverride as exc:
+            if strict:
+                raise
+            log.error("user policy %s ignored for %s: %s", key, address, exc)
     return policy
 
 
@@ -61,9 +83,10 @@ def keys_for(address: str) -> list[str]:
     return [a] if a.startswith("@") else [a, "@" + domain_of(a)]
 
 
-def effective(config: PolicyConfig, key: str, rows: dict[str, UserPolicy]) -> RecipientPolicy:
+def effective(config: PolicyConfig, key: str, rows: Mapping[str, UserPolicy],
+              strict: bool = False) -> RecipientPolicy:
     """The policy of an address, or of any address of a domain when key is "@dom"."""
-    return merge(config, "postmaster" + key if key.startswith("@") else key, rows)
+    return merge(config, "postmaster" + key if key.startswith("@") else key, rows, strict)
 
 
 def rows_for(session: Session, key: str) -> dict[str, UserPolicy]:
@@ -117,8 +140,11 @@ def normalise_key(address: str) -> str:
     return a
 
 
-def set_overrides(session: Session, address: str, changes: dict[str, Any],
-                  unset: Iterable[str] = ()) -> UserPolicy:
+def set_overrides(config: PolicyConfig, session: Session, address: str,
+                  changes: Mapping[str, Any], unset: Iterable[str] = ()) -> UserPolicy:
+    """Create or change the overrides of an address or a domain. Each value goes through its
+    key's validator, and the policy it gives (for the domain and every user with overrides
+    of its own below it) through the config's cross-key check; a refusal changes nothing."""
     key = normalise_key(address)
     row = session.get(UserPolicy, key)
     if row is None:
@@ -127,11 +153,28 @@ def set_overrides(session: Session, address: str, changes: dict[str, Any],
     for k, v in changes.items():
         setattr(row, k, validate_override(k, v))
     for k in unset:
-        if k not in OVERRIDABLE:
-            raise ValueError(f"unknown policy key {k!r}")
+        if k not in _PARSERS:
+            raise InvalidOverride(f"unknown policy key {k!r}")
         setattr(row, k, None)
     row.updated_at = utcnow()
+    session.flush()
+    # A domain's change also reaches every user of the domain that has overrides of its own.
+    affected = [key]
+    if key.startswith("@"):
+        affected += session.scalars(select(UserPolicy.address).where(
+            UserPolicy.address.endswith(key, autoescape=True),
+            UserPolicy.address != key)).all()
+    for target in affected:
+        effective(config, target, rows_for(session, target), strict=True)
     return row
+
+
+def per_user_values(policy: RecipientPolicy) -> dict[str, Any]:
+    """The overridable keys of a recipient's policy, as `user set` takes them (an address
+    list as "is this recipient listed")."""
+    return {k: (policy.listed(getattr(policy, k)) if user_kind(_PARSERS[k]) is
+                UserKind.MEMBERSHIP else getattr(policy, k))
+            for k in OVERRIDABLE}
 
 
 def overrides_of(row: UserPolicy) -> dict[str, Any]:

@@ -13,7 +13,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from lmtpfilter.config import Address, Config, from_mapping
+from lmtpfilter.config import Config, from_mapping
+from lmtpfilter.options import Address
 from lmtpfilter.pipeline import Pipeline, Stage
 from lmtpfilter.server import FilterServer
 

@@ -128,21 +128,22 @@ async def test_user_and_domain_overrides(db_url: str) -> None:
     st.upgrade(db_url)
     store = st.Store(db_url)
     try:
-        store.transaction(lambda s: set_overrides(s, "@example.org", {"kill_level": 10.0,
-                                                                      "spam_destiny": "reject"}))
-        store.transaction(lambda s: set_overrides(s, "Boss@Example.org",
+        store.transaction(lambda s: set_overrides(PolicyConfig(), s, "@example.org",
+                                                  {"kill_level": 10.0, "spam_destiny": "reject"}))
+        store.transaction(lambda s: set_overrides(PolicyConfig(), s, "Boss@Example.org",
                                                   {"spam_destiny": "pass",
                                                    "bypass_spam_checks": True}))
         policies = DbPolicies(store, PolicyConfig(), ttl=60)
         got = await policies.lookup(["boss@example.org", "other@example.org", "x@elsewhere.net"])
-        assert (got["boss@example.org"].kill_level, got["boss@example.org"].spam_destiny,
-                got["boss@example.org"].bypass_spam_checks) == (10.0, "pass", True)
+        boss = got["boss@example.org"]
+        assert (boss.kill_level, boss.spam_destiny, boss.listed(boss.bypass_spam_checks)) == (
+            10.0, "pass", True)
         assert (got["other@example.org"].kill_level,
                 got["other@example.org"].spam_destiny) == (10.0, "reject")
         assert (got["x@elsewhere.net"].kill_level,
                 got["x@elsewhere.net"].spam_destiny) == (25.0, "discard")
         # Cached: a change is seen only after the TTL.
-        store.transaction(lambda s: set_overrides(s, "other@example.org",
+        store.transaction(lambda s: set_overrides(PolicyConfig(), s, "other@example.org",
                                                   {"spam_destiny": "pass"}))
         again = await policies.lookup(["other@example.org"])
         assert again["other@example.org"].spam_destiny == "reject"
@@ -161,13 +162,60 @@ def test_bad_overrides_are_refused(db_url: str) -> None:
             ("user@example.org", {"junk_folder": ""}, "junk_folder"),
             ("user@example.org", {"frobnicate": 1}, "unknown policy key"),
             ("not-an-address", {"kill_level": 1.0}, "expected user@domain or @domain"),
+            # The config's cross-key rule, with the values the override inherits.
+            ("user@example.org", {"tag2_level": 30.0},
+             r"tag_level <= tag2_level <= kill_level does not hold \(-999, 30, 25\)"),
+            ("@example.org", {"kill_level": 4.0}, "tag_level <= tag2_level <= kill_level"),
         ]
         for address, changes, words in cases:
             with pytest.raises(ValueError, match=words):
-                store.transaction(functools.partial(set_overrides, address=address,
-                                                    changes=changes))
+                store.transaction(functools.partial(set_overrides, PolicyConfig(),
+                                                    address=address, changes=changes))
         assert store.transaction(lambda s: s.scalar(
             select(func.count()).select_from(st.UserPolicy))) == 0
+    finally:
+        store.close()
+
+
+def test_a_domain_change_is_checked_against_its_users_overrides(db_url: str) -> None:
+    st.upgrade(db_url)
+    store = st.Store(db_url)
+    try:
+        store.transaction(lambda s: set_overrides(PolicyConfig(), s, "boss@example.org",
+                                                  {"tag2_level": 20.0}))
+        # kill_level 15 for the domain would leave boss at tag2 20 > kill 15: refused whole.
+        with pytest.raises(ValueError, match=r"boss@example.org: tag_level <= tag2_level"):
+            store.transaction(lambda s: set_overrides(PolicyConfig(), s, "@example.org",
+                                                      {"kill_level": 15.0}))
+        assert store.transaction(lambda s: s.get(st.UserPolicy, "@example.org")) is None
+    finally:
+        store.close()
+
+
+async def test_a_bad_row_in_the_database_is_skipped_and_logged(
+        db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A row written behind the CLI's back (or valid before a config change) must not break
+    delivery: the recipient keeps the policy it would have without it, and the log says so."""
+    st.upgrade(db_url)
+    store = st.Store(db_url)
+    try:
+        store.transaction(lambda s: set_overrides(PolicyConfig(), s, "@example.org",
+                                                  {"kill_level": 12.0}))
+        store.transaction(lambda s: s.add(st.UserPolicy(
+            address="odd@example.org", spam_destiny="bounce", updated_at=st.utcnow())))
+        store.transaction(lambda s: s.add(st.UserPolicy(
+            address="high@example.org", tag2_level=50.0, updated_at=st.utcnow())))
+        got = await DbPolicies(store, PolicyConfig(), ttl=0).lookup(
+            ["odd@example.org", "high@example.org"])
+        assert (got["odd@example.org"].spam_destiny, got["odd@example.org"].kill_level) == (
+            "discard", 12.0)
+        assert (got["high@example.org"].tag2_level, got["high@example.org"].kill_level) == (
+            5.0, 12.0)
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any("odd@example.org" in e and "spam_destiny: must be one of" in e
+                   for e in errors), errors
+        assert any("high@example.org" in e and "tag2_level <= kill_level" in e
+                   for e in errors), errors
     finally:
         store.close()
 

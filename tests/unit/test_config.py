@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import tomllib
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from lmtpfilter import config as cfg
+from lmtpfilter.options import Address, SizeOrPercent
 
 ROOT = Path(__file__).parent.parent.parent
 BAD = tomllib.loads((ROOT / "tests/data/config_cases.toml").read_text())["bad"]
@@ -24,16 +26,16 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
     c = cfg.load(_write(tmp_path, ""))
-    assert c.server.listen == (cfg.Address(host="127.0.0.1", port=10024),)
+    assert c.server.listen == (Address(host="127.0.0.1", port=10024),)
     assert c.server.max_message_size == 50 * 1024 * 1024
     assert c.server.socket_mode == 0o660
-    assert c.downstream.address == cfg.Address(host="127.0.0.1", port=24)
+    assert c.downstream.address == Address(host="127.0.0.1", port=24)
     assert c.downstream.timeout == 120.0
-    assert c.clamav.address == cfg.Address(path="/run/clamav/clamd.ctl")
+    assert c.clamav.address == Address(path="/run/clamav/clamd.ctl")
     assert c.spamassassin.max_size == 512 * 1024
     assert (c.policy.tag_level, c.policy.tag2_level, c.policy.kill_level) == (-999.0, 5.0, 25.0)
     assert c.policy.spam_destiny == "discard" and c.policy.on_scanner_failure == "tempfail"
-    assert c.quarantine.min_free == cfg.SizeOrPercent(percent=5.0)
+    assert c.quarantine.min_free == SizeOrPercent(percent=5.0)
     assert c.quarantine.max_size == 10 * 1024**3
     assert c.notify.smtp is None and c.notify.from_ == "postmaster"
     assert c.janitor.max_age == 30 * 86400
@@ -57,15 +59,15 @@ smtp = "127.0.0.1:25"
 [policy]
 bypass_spam_checks = ["Postmaster@Example.org", "@lists.example.org"]
 """))
-    assert c.server.listen[0] == cfg.Address(path="/run/lmtpfilter/lmtp.sock")
-    assert c.server.listen[1] == cfg.Address(host="::1", port=10025)
+    assert c.server.listen[0] == Address(path="/run/lmtpfilter/lmtp.sock")
+    assert c.server.listen[1] == Address(host="::1", port=10025)
     assert str(c.server.listen[1]) == "[::1]:10025"
     assert c.server.max_message_size == 10 * 1024 * 1024
     assert c.server.socket_mode == 0o600
     assert c.downstream.address.is_unix and c.downstream.timeout == 120.0
     assert c.quarantine.min_free.of(10**12) == 1024**3
     assert c.notify.from_ == "filter@example.org"
-    assert c.notify.smtp == cfg.Address(host="127.0.0.1", port=25)
+    assert c.notify.smtp == Address(host="127.0.0.1", port=25)
     assert c.policy.bypass_spam_checks == ("postmaster@example.org", "@lists.example.org")
 
 
@@ -121,3 +123,19 @@ def test_cli_check_config_exit_codes(tmp_path: Path) -> None:
     assert bad.stderr.count("\n") == 1 and "[server] workers" in bad.stderr
     usage = _cli("no-such-command")
     assert usage.returncode == 2
+
+
+def test_the_hostname_is_resolved_once_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def getfqdn(name: str = "") -> str:
+        calls.append(1)
+        return "mx.resolved.test"
+
+    monkeypatch.setattr(socket, "getfqdn", getfqdn)
+    c = cfg.from_mapping({})
+    assert [c.hostname for _ in range(100)] == ["mx.resolved.test"] * 100
+    assert len(calls) == 1
+    # A configured name is used as it is, and the resolver is not asked.
+    named = cfg.from_mapping({"server": {"hostname": "mx.example.org"}})
+    assert named.hostname == "mx.example.org" and len(calls) == 1

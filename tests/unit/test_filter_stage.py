@@ -46,6 +46,12 @@ class Spam:
         return self.result
 
 
+def bypassing(virus: bool = False, spam: bool = False) -> RecipientPolicy:
+    """A policy whose recipient bypasses these checks, as a per-user override makes it."""
+    return RecipientPolicy(address="rcpt@example.org").overridden(
+        {"bypass_virus_checks": virus, "bypass_spam_checks": spam})
+
+
 class Policies:
     def __init__(self, **per_address: RecipientPolicy) -> None:
         self.per_address = per_address
@@ -81,7 +87,7 @@ def stage(virus: VirusResult = CLEAN, spam: SpamResult | None = None,
 
 async def test_three_policies_three_header_sets(fake: FakeDownstream) -> None:
     policies = Policies(
-        lover=RecipientPolicy(bypass_spam_checks=True),
+        lover=bypassing(spam=True),
         strict=RecipientPolicy(tag2_level=3.0, spam_subject_tag="***SPAM*** "),
     )
     rcpts = ["normal@example.org", "lover@example.org", "strict@example.org"]
@@ -150,7 +156,7 @@ async def test_scanner_error_fails_closed(fake: FakeDownstream, failing: str) ->
 
 async def test_scanner_error_only_for_recipients_that_depend_on_it(
         fake: FakeDownstream) -> None:
-    policies = Policies(free=RecipientPolicy(bypass_virus_checks=True))
+    policies = Policies(free=bypassing(virus=True))
     st = stage(virus=VirusResult(Status.ERROR, error="down"), policies=policies)
     result = await send(fake, st, ["a@example.org", "free@example.org"])
     assert [r[:9] for r in result.data_replies] == ["451 4.7.1", "250 2.0.0"]
@@ -166,7 +172,7 @@ async def test_discard_without_a_quarantine_stage_is_deferred_never_acknowledged
 
 
 async def test_bypass_everything_scans_nothing(fake: FakeDownstream) -> None:
-    everyone = RecipientPolicy(bypass_virus_checks=True, bypass_spam_checks=True)
+    everyone = bypassing(virus=True, spam=True)
     virus, spam = Virus(CLEAN), Spam(scored(0))
     st = FilterStage(Policies(a=everyone), virus, spam, "x")
     await send(fake, st, ["a@example.org"])

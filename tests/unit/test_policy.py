@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from lmtpfilter.config import PolicyConfig
+from lmtpfilter.options import declared
 from lmtpfilter.policy import Action, Category, RecipientPolicy, decide
 from lmtpfilter.scanresult import ScanResult, SpamResult, Status, VirusResult
+from lmtpfilter.userpolicy import validate_override
 
 CASES = tomllib.loads(
     (Path(__file__).parent.parent / "data" / "policy_cases.toml").read_text())["case"]
@@ -39,7 +41,9 @@ def unfold(field: bytes) -> str:
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_decide(case: dict[str, Any]) -> None:
-    policy = RecipientPolicy(**case.get("policy", {}))
+    # The case's policy goes in as per-user overrides would: through the key's validator.
+    policy = RecipientPolicy.of(PolicyConfig(), "rcpt@example.org").overridden(
+        {k: validate_override(k, v) for k, v in case.get("policy", {}).items()})
     decision = decide(ScanResult(virus(case["virus"]), spam(case["spam"])), policy,
                       "lmtpfilter at mx.test")
     expect = case["expect"]
@@ -69,10 +73,27 @@ def test_folded_status_lines_stay_short() -> None:
     assert status.count(b"\r\n\t") >= 5
 
 
-def test_from_config_resolves_bypass_lists() -> None:
+def test_recipient_policy_resolves_bypass_lists() -> None:
     cfg = PolicyConfig(bypass_spam_checks=("@example.org",),
                        bypass_virus_checks=("abuse@example.net",))
-    a = RecipientPolicy.from_config(cfg, "Someone@Example.org")
-    b = RecipientPolicy.from_config(cfg, "abuse@example.net")
-    assert (a.bypass_spam_checks, a.bypass_virus_checks) == (True, False)
-    assert (b.bypass_spam_checks, b.bypass_virus_checks) == (False, True)
+    a = RecipientPolicy.of(cfg, "Someone@Example.org")
+    b = RecipientPolicy.of(cfg, "abuse@example.net")
+    assert (a.listed(a.bypass_spam_checks), a.listed(a.bypass_virus_checks)) == (True, False)
+    assert (b.listed(b.bypass_spam_checks), b.listed(b.bypass_virus_checks)) == (False, True)
+
+
+def test_a_membership_override_wins_over_the_list() -> None:
+    cfg = PolicyConfig(bypass_spam_checks=("@example.org",))
+    out = RecipientPolicy.of(cfg, "Boss@Example.org").overridden({"bypass_spam_checks": False})
+    into = RecipientPolicy.of(cfg, "x@other.net").overridden({"bypass_spam_checks": True})
+    assert not out.listed(out.bypass_spam_checks)
+    assert into.listed(into.bypass_spam_checks)
+    # The override is the recipient's own: its neighbour keeps the config's list.
+    neighbour = RecipientPolicy.of(cfg, "y@other.net")
+    assert not neighbour.listed(neighbour.bypass_spam_checks)
+
+
+def test_every_policy_key_is_part_of_the_recipient_policy() -> None:
+    policy = RecipientPolicy.of(PolicyConfig(kill_level=12.0), "a@b.example")
+    for f in declared(PolicyConfig):
+        assert getattr(policy, f.name) == getattr(PolicyConfig(kill_level=12.0), f.name)

@@ -1,0 +1,355 @@
+"""How an option is declared, and the value types and parsers options use.
+
+An option (:func:`option`) is a dataclass field carrying its raw TOML default, the parser that
+validates and converts a raw value, and its help text; config.py declares every option of the
+config file this way (docs/design.md §2). The parsers take what TOML gives (str, int, float,
+bool, list) and return the typed value, or raise :class:`InvalidValue` with a message that the
+caller prefixes with the key's name.
+
+A [policy] key may be marked ``per_user``: its per-user form (:class:`UserKind`) derives from
+its parser, and with it the database column, the `lmtpfilter user set` flag and the per-user
+validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class InvalidValue(ValueError):
+    """Raised by a parser; the caller adds the key name (the loader, `lmtpfilter user set`)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Value types and their parsers. Each parser takes the raw TOML value and returns the typed one.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where to listen or connect: TCP host:port or a unix socket path."""
+
+    host: str = ""
+    port: int = 0
+    path: str = ""  # set for unix sockets
+
+    @property
+    def is_unix(self) -> bool:
+        return bool(self.path)
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+# Unix socket paths are limited to 108 bytes including the NUL (sun_path).
+_MAX_UNIX_PATH = 107
+
+
+def parse_address(value: object) -> Address:
+    if not isinstance(value, str) or not value:
+        raise InvalidValue('expected "host:port" or "unix:/path"')
+    if value.startswith("unix:"):
+        path = value[5:]
+        if not path.startswith("/"):
+            raise InvalidValue(f"unix socket path must be absolute, got {path!r}")
+        if len(path.encode()) > _MAX_UNIX_PATH:
+            raise InvalidValue(f"unix socket path longer than {_MAX_UNIX_PATH} bytes")
+        return Address(path=path)
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", value)
+    if not m:
+        raise InvalidValue(f'expected "host:port", "[ipv6]:port" or "unix:/path", got {value!r}')
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 < port < 65536:
+        raise InvalidValue(f"port out of range in {value!r}")
+    return Address(host=host, port=port)
+
+
+def parse_optional_address(value: object) -> Address | None:
+    if value == "":
+        return None
+    return parse_address(value)
+
+
+def parse_address_list(value: object) -> tuple[Address, ...]:
+    if not isinstance(value, list) or not value:
+        raise InvalidValue("expected a non-empty list of addresses")
+    return tuple(parse_address(v) for v in value)
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(value: object) -> int:
+    """Bytes, from an integer or a string like "512K", "50M", "10G"."""
+    if isinstance(value, bool):
+        raise InvalidValue('expected a size such as 10485760 or "10M"')
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidValue("size must not be negative")
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+    raise InvalidValue(f'expected a size such as 10485760 or "10M", got {value!r}')
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds, from a number or a string like "30s", "15m", "30d"."""
+    if isinstance(value, bool):
+        raise InvalidValue('expected a duration such as 60 or "15m"')
+    if isinstance(value, int | float):
+        if value < 0:
+            raise InvalidValue("duration must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    raise InvalidValue(f'expected a duration such as 60, "30s", "15m", "30d", got {value!r}')
+
+
+@dataclass(frozen=True)
+class SizeOrPercent:
+    """A free-space floor: an absolute byte count or a percentage of the filesystem."""
+
+    bytes: int = 0
+    percent: float = 0.0
+
+    def of(self, total: int) -> int:
+        return self.bytes if not self.percent else int(total * self.percent / 100)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent else str(self.bytes)
+
+
+def parse_size_or_percent(value: object) -> SizeOrPercent:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            pct = float(value.strip()[:-1])
+        except ValueError:
+            raise InvalidValue(f"expected a percentage such as \"5%\", got {value!r}") from None
+        if not 0 <= pct < 100:
+            raise InvalidValue("percentage must be between 0 and 100")
+        return SizeOrPercent(percent=pct)
+    return SizeOrPercent(bytes=parse_size(value))
+
+
+def parse_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidValue(f"expected true or false, got {value!r}")
+    return value
+
+
+def parse_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidValue(f"expected a string, got {value!r}")
+    if any(ord(c) < 32 and c != "\t" for c in value):
+        raise InvalidValue("control characters are not allowed")
+    return value
+
+
+def parse_float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidValue(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def int_in_range(lo: int, hi: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidValue(f"expected an integer, got {value!r}")
+        if not lo <= value <= hi:
+            raise InvalidValue(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def one_of(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if value not in choices:
+            raise InvalidValue(f"must be one of {', '.join(choices)}; got {value!r}")
+        return str(value)
+
+    parse.choices = choices  # type: ignore[attr-defined]
+    return parse
+
+
+def parse_mode(value: object) -> int:
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3,4}", value):
+        return int(value, 8)
+    raise InvalidValue(f'expected an octal mode such as "0660", got {value!r}')
+
+
+def parse_hostname(value: object) -> str:
+    text = parse_str(value)
+    if text and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", text):
+        raise InvalidValue(f"not a valid host name: {text!r}")
+    return text
+
+
+_ADDRESS_RE = re.compile(r"[^@\s<>]+@[^@\s<>]+")
+_DOMAIN_RE = re.compile(r"@?[A-Za-z0-9.-]+")
+
+
+def parse_address_or_domain_list(value: object) -> tuple[str, ...]:
+    """Recipients ("user@dom") or domains ("@dom", or "dom" in local_domains); lower-cased."""
+    if not isinstance(value, list):
+        raise InvalidValue("expected a list of addresses or @domains")
+    out = []
+    for item in value:
+        if not isinstance(item, str) or not (
+            _ADDRESS_RE.fullmatch(item) or _DOMAIN_RE.fullmatch(item)
+        ):
+            raise InvalidValue(f'expected "user@domain" or "@domain", got {item!r}')
+        out.append(item.lower())
+    return tuple(out)
+
+
+def parse_mail_address_list(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise InvalidValue("expected a list of mail addresses")
+    for item in value:
+        if not isinstance(item, str) or not _ADDRESS_RE.fullmatch(item):
+            raise InvalidValue(f"not a mail address: {item!r}")
+    return tuple(value)
+
+
+def parse_header_template(value: object) -> str:
+    text = parse_str(value)
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    except ValueError as exc:
+        raise InvalidValue(f"bad template: {exc}") from None
+    if fields - {"hostname"}:
+        raise InvalidValue(f"unknown placeholder(s): {', '.join(sorted(fields - {'hostname'}))}")
+    return text
+
+
+def parse_folder(value: object) -> str:
+    text = parse_str(value)
+    if not text or len(text) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise InvalidValue("folder name must be 1-200 printable characters")
+    return text
+
+
+def parse_cron(value: object) -> str:
+    text = parse_str(value)
+    if len(text.split()) != 5:
+        raise InvalidValue(f'expected 5 cron fields such as "*/15 * * * *", got {text!r}')
+    from apscheduler.triggers.cron import CronTrigger  # slow import: only when validating
+
+    try:
+        CronTrigger.from_crontab(text)
+    except ValueError as exc:
+        raise InvalidValue(f"bad cron expression {text!r}: {exc}") from None
+    return text
+
+
+def parse_db_url(value: object) -> str:
+    text = parse_str(value)
+    from sqlalchemy.engine import make_url  # slow import: only when validating
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(text)
+    except ArgumentError as exc:
+        raise InvalidValue(str(exc)) from None
+    return text
+
+
+def parse_path(value: object) -> Path:
+    text = parse_str(value)
+    if not text.startswith("/"):
+        raise InvalidValue(f"expected an absolute path, got {text!r}")
+    return Path(text)
+
+
+def parse_optional_path(value: object) -> Path | None:
+    if value == "":
+        return None
+    return parse_path(value)
+
+
+# --------------------------------------------------------------------------------------------
+# The declaration helper.
+# --------------------------------------------------------------------------------------------
+
+
+class UserKind(enum.Enum):
+    """The per-user form of a [policy] key: how it is stored (one nullable column of
+    user_policies, see store.py), given on the command line, and applied."""
+
+    NUMBER = "number"  # a float
+    TEXT = "text"  # a short string (subject tag, folder)
+    CHOICE = "choice"  # one of a few words
+    FLAG = "flag"  # true or false
+    MEMBERSHIP = "membership"  # an address list in the config; per user: "listed or not"
+
+
+def user_kind(parse: Callable[[object], Any]) -> UserKind:
+    """The per-user form that goes with a parser; a parser without one cannot be per-user."""
+    if parse is parse_float:
+        return UserKind.NUMBER
+    if getattr(parse, "choices", None):
+        return UserKind.CHOICE
+    if parse in (parse_str, parse_folder):
+        return UserKind.TEXT
+    if parse is parse_bool:
+        return UserKind.FLAG
+    if parse is parse_address_or_domain_list:
+        return UserKind.MEMBERSHIP
+    raise TypeError(f"{getattr(parse, '__name__', parse)!r} has no per-user form")
+
+
+def parse_user_value(parse: Callable[[object], Any], value: object) -> Any:
+    """Validate a per-user value with the option's own parser (a membership is a flag)."""
+    if user_kind(parse) is UserKind.MEMBERSHIP:
+        return parse_bool(value)
+    return parse(value)
+
+
+# --------------------------------------------------------------------------------------------
+# The declaration helper.
+# --------------------------------------------------------------------------------------------
+
+
+def option(default: object, parse: Callable[[object], Any], help: str, *,
+           per_user: bool = False) -> Any:
+    """Declare one option: its raw default (as written in TOML), its parser and its help.
+
+    The raw default goes through the same parser as user input, so defaults are validated too.
+    per_user: a [policy] key that `lmtpfilter user set` may override for one address or one
+    domain; its column, CLI flag and per-user validation derive from the parser (user_kind).
+    """
+    if per_user:
+        user_kind(parse)  # fail at import, not at the first `user set`
+    return field(
+        default_factory=lambda: parse(default),
+        metadata={"raw_default": default, "parse": parse, "help": help, "per_user": per_user},
+    )
+
+
+def declared(section: type) -> list[dataclasses.Field[Any]]:
+    """The options of a section, in declaration order."""
+    return [f for f in dataclasses.fields(section) if "parse" in f.metadata]
+
+
+def key_of(f: dataclasses.Field[Any]) -> str:
+    """The TOML key of an option (`from_` is written `from`)."""
+    return f.name.rstrip("_")
