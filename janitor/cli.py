@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from types import FrameType
 
 from lmtpfilter import config as cfg
+from lmtpfilter.quarantine import QuarantineBusy, QuarantineLock
 
-from .sweep import Locked, Summary, Sweeper, exclusive_lock
+from .sweep import Summary, Sweeper
 
 log = logging.getLogger("janitor")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -41,15 +42,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def one_pass(config: cfg.Config, dry_run: bool = False) -> Summary | None:
-    """A locked pass; None if another run holds the lock."""
+    """A pass holding the quarantine lock exclusive; None if another run (or a release or a
+    delete) holds it: there is nothing to wait for, the next pass comes on schedule."""
     from lmtpfilter.store import Store
 
     store = Store(config.database.url)
     try:
         store.check_schema()
-        with exclusive_lock(config.quarantine.directory):
+        with QuarantineLock(config.quarantine.directory, exclusive=True, timeout=0):
             return Sweeper(config, store, dry_run=dry_run).run()
-    except Locked as exc:
+    except QuarantineBusy as exc:
         log.warning("janitor: skipped: %s", exc)
         return None
     finally:

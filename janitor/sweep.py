@@ -5,34 +5,40 @@ directory is within ``[quarantine].max_size`` and the filesystem keeps ``min_fre
 rows expired; prune verdict rows older than ``verdict_retention`` in batches; report orphans
 both ways and fix them where that is safe.
 
-Safety: the walk never follows symlinks and only ever deletes regular files whose names match
-the quarantine pattern, inside ``yyyy/mm/dd`` directories of the quarantine directory. Files
-being written (``.<id>.tmp``) are skipped. An exclusive ``flock`` on
-``<directory>/.janitor.lock`` keeps two runs from overlapping (releases take it shared).
+The files are lmtpfilter.quarantine's: its walk (one day directory at a time, in date order,
+so memory stays bounded and "oldest first" needs no listing of the whole tree; never through a
+symlink; temporary files left alone), its removal (only quarantine files, only inside the
+quarantine directory), its filesystem statistics and its lock, which the caller (janitor.cli)
+holds exclusive for the whole pass. This module decides what goes: by age, for the budget,
+and orphans.
 
-Memory is bounded for any number of files: directories are read with ``os.scandir`` one day
-at a time, in date order, so "oldest first" never needs a listing of the whole tree.
+A file is unlinked before its row is marked expired (the marks are batched), as
+``quarantine delete`` does: a pass that dies in between leaves live rows without files, which
+the next pass marks expired.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import errno
-import fcntl
 import logging
-import os
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from lmtpfilter.config import Config
+from lmtpfilter.quarantine import (
+    FoundFile,
+    FsStats,
+    InvalidQuarantineId,
+    QuarantineFiles,
+    filesystem_stats,
+    mark_expired,
+)
 from lmtpfilter.store import (
     MessageRecord,
     Notification,
@@ -44,23 +50,9 @@ from lmtpfilter.store import (
 
 log = logging.getLogger("janitor")
 
-FILE_RE = re.compile(r"([A-Za-z0-9_-]{22})\.eml\.gz")
-YEAR_RE, TWO_RE = re.compile(r"\d{4}"), re.compile(r"\d{2}")
-LOCK_NAME = ".janitor.lock"
 BATCH = 1000
 ORPHAN_GRACE = 86400.0  # a file without a row younger than this may still be being recorded
 PROGRESS_EVERY = 100_000
-
-
-@dataclass(frozen=True)
-class FsStats:
-    total: int
-    free: int
-
-
-def statvfs(path: Path) -> FsStats:
-    st = os.statvfs(path)
-    return FsStats(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
 
 
 @dataclass
@@ -92,48 +84,13 @@ class Summary:
                 f"{self.seconds:.2f} s")
 
 
-class Locked(Exception):
-    """Another janitor run holds the lock."""
-
-
-@contextlib.contextmanager
-def exclusive_lock(directory: Path) -> Iterator[None]:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise Locked("another janitor run (or a release) holds the lock") from None
-            raise
-        yield
-    finally:
-        os.close(fd)
-
-
-@dataclass
-class QFile:
-    qid: str
-    path: Path
-    size: int
-    mtime: float
-
-
-def _dirs(path: Path, pattern: re.Pattern[str]) -> list[Path]:
-    """Sub-directories named like `pattern`, oldest first; never through a symlink."""
-    with os.scandir(path) as it:
-        found = [Path(e.path) for e in it
-                 if pattern.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
-    return sorted(found)
-
-
 class Sweeper:
     def __init__(self, config: Config, store: Store, *, dry_run: bool = False,
-                 fs_stats: Callable[[Path], FsStats] = statvfs,
+                 fs_stats: Callable[[Path], FsStats] = filesystem_stats,
                  now: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
+        self.quarantine = QuarantineFiles(config.quarantine)
         self.root = config.quarantine.directory
         self.dry_run = dry_run
         self.fs_stats = fs_stats
@@ -142,32 +99,12 @@ class Sweeper:
         self._expired_ids: list[str] = []
 
     # ---- the walk ------------------------------------------------------------------------
-    def days(self) -> Iterator[Path]:
-        if not self.root.is_dir():
-            return
-        for year in _dirs(self.root, YEAR_RE):
-            for month in _dirs(year, TWO_RE):
-                yield from _dirs(month, TWO_RE)
-
-    def files(self, day: Path) -> list[QFile]:
+    def files(self, day: Path) -> list[FoundFile]:
         """One day's quarantine files, oldest first; counts what is left alone."""
-        out = []
-        with os.scandir(day) as it:
-            for entry in it:
-                m = FILE_RE.fullmatch(entry.name)
-                if m is None:
-                    if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-                        self.summary.in_progress += 1
-                    else:
-                        self.summary.foreign += 1
-                    continue
-                if not entry.is_file(follow_symlinks=False):  # a symlink, a directory...
-                    self.summary.foreign += 1
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                out.append(QFile(m.group(1), Path(entry.path), st.st_size, st.st_mtime))
-        out.sort(key=lambda f: (f.mtime, f.qid))
-        return out
+        listing = self.quarantine.scan_day(day)
+        self.summary.in_progress += listing.in_progress
+        self.summary.foreign += listing.foreign
+        return listing.files
 
     # ---- the pass ------------------------------------------------------------------------
     def run(self) -> Summary:
@@ -185,7 +122,7 @@ class Sweeper:
         that remain."""
         cutoff = self.now() - self.config.janitor.max_age
         remaining = 0
-        for day in self.days():
+        for day in self.quarantine.days():
             day_files = self.files(day)
             known = self._known_ids([f.qid for f in day_files])
             for f in day_files:
@@ -208,7 +145,7 @@ class Sweeper:
                 else:
                     remaining += f.size
             if not self.dry_run:
-                self._rmdir_if_empty(day)
+                self.quarantine.remove_day_if_empty(day)
         return remaining
 
     def enforce_budget(self, total: int) -> None:
@@ -224,12 +161,12 @@ class Sweeper:
             stats = self.fs_stats(self.root)
             # A dry run frees nothing, so count what it would have freed.
             free = stats.free + (freed if self.dry_run else 0)
-            return free < q.min_free.of(stats.total)
+            return free < stats.floor(q)
 
         if not over():
             return
         cutoff = self.now() - self.config.janitor.max_age
-        for day in self.days():
+        for day in self.quarantine.days():
             for f in self.files(day):
                 if f.mtime < cutoff:
                     continue  # already counted by expire_by_age (dry run)
@@ -258,7 +195,7 @@ class Sweeper:
         now = utcnow()
         for i in range(0, len(ids), BATCH):
             chunk = ids[i: i + BATCH]
-            self.store.transaction(partial(_mark_expired, ids=chunk, when=now))
+            self.store.transaction(partial(mark_expired, ids=chunk, when=now))
 
     def fix_rows_without_files(self) -> None:
         """Live rows whose file is gone are marked expired (safe: there is nothing to
@@ -269,8 +206,8 @@ class Sweeper:
             if not rows:
                 break
             last = rows[-1][0]
-            missing = [qid for qid, path, live in rows if live
-                       and (not (self.root / path).is_file() or (self.root / path).is_symlink())]
+            missing = [qid for qid, path, live in rows
+                       if live and not self.quarantine.has_file(qid, path)]
             self.summary.orphan_rows += len(missing)
             for qid in missing:
                 log.warning("janitor: quarantine row %s has no file", qid)
@@ -299,27 +236,17 @@ class Sweeper:
                 s.execute(delete(QuarantineRecord).where(QuarantineRecord.expired_at < cutoff))))
 
     # ---- files -----------------------------------------------------------------------------
-    def _remove(self, f: QFile, expire_row: bool = True) -> None:
+    def _remove(self, f: FoundFile, expire_row: bool = True) -> None:
+        if not self.dry_run:
+            try:
+                self.quarantine.remove_found(f)
+            except InvalidQuarantineId as exc:  # a directory became a symlink since the walk
+                log.error("janitor: %s", exc)
+                return
         if expire_row:
             self._expired_ids.append(f.qid)
-        if self.dry_run:
-            return
-        # Still the same regular file inside the quarantine? (A path component replaced by a
-        # symlink since the walk would be caught here.)
-        if f.path.parent.resolve().parent.parent.parent != self.root.resolve():
-            log.error("janitor: refusing to delete %s: not inside the quarantine", f.path)
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f.path)
         if len(self._expired_ids) >= BATCH:
             self.flush_expired()
-
-    def _rmdir_if_empty(self, day: Path) -> None:
-        for d in (day, day.parent, day.parent.parent):
-            try:
-                d.rmdir()
-            except OSError:
-                return
 
 
 # ---- the database operations, each one transaction -------------------------------------------
@@ -327,12 +254,6 @@ class Sweeper:
 def _existing(session: Session, ids: list[str]) -> set[str]:
     return set(session.scalars(select(QuarantineRecord.id)
                                .where(QuarantineRecord.id.in_(ids))).all())
-
-
-def _mark_expired(session: Session, ids: list[str], when: dt.datetime) -> None:
-    session.execute(update(QuarantineRecord)
-                    .where(QuarantineRecord.id.in_(ids), QuarantineRecord.expired_at.is_(None))
-                    .values(expired_at=when))
 
 
 def _rows_after(session: Session, after: str) -> list[tuple[str, str, bool]]:

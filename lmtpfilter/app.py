@@ -67,17 +67,13 @@ def build(config: Config) -> Services:
 
 async def quarantine_gauges(store: Store, interval: float = 15.0) -> None:
     """Keep the quarantine size gauges current (from the live rows)."""
-    from sqlalchemy import func, select
-
-    from .store import QuarantineRecord
+    from .quarantine import live_usage
 
     while True:
         try:
-            files, size = await store.run(lambda s: s.execute(
-                select(func.count(), func.coalesce(func.sum(QuarantineRecord.size), 0))
-                .where(QuarantineRecord.expired_at.is_(None))).one(), durable=False)
-            metrics.QUARANTINE_FILES.set(files)
-            metrics.QUARANTINE_SIZE.set(size)
+            usage = await store.run(live_usage, durable=False)
+            metrics.QUARANTINE_FILES.set(usage.files)
+            metrics.QUARANTINE_SIZE.set(usage.size)
         except Exception:
             log.warning("metrics: could not read the quarantine size", exc_info=True)
         await asyncio.sleep(interval)

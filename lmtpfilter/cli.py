@@ -380,9 +380,14 @@ def _quarantine(config: cfg.Config, args: argparse.Namespace) -> int:
                 print(f"{rcpt}: {reply.line()}")
             return EXIT_OK if all(r.is_success for _, r in result.results) else EXIT_FAILURE
         if args.action == "delete":
-            files.delete(row)
-            store.transaction(lambda s: _expire(s, qid))
-            print(f"deleted {qid}")
+            from .quarantine import NotInQuarantine, QuarantineBusy, delete_message
+
+            try:  # the file, then the row, under the lock the janitor takes
+                deleted = delete_message(config.quarantine, store, qid)
+            except (NotInQuarantine, QuarantineBusy) as exc:
+                raise CliError(str(exc)) from None
+            print(f"deleted {qid}" + ("" if deleted.file_removed else
+                                      " (its file was already gone)"))
             return EXIT_OK
     finally:
         store.close()
@@ -406,14 +411,6 @@ def _list_quarantine(session: Any, args: argparse.Namespace) -> list[Any]:
         wanted = args.recipient.lower()
         rows = [r for r in rows if wanted in (x.lower() for x in r.recipient_list)]
     return rows
-
-
-def _expire(session: Any, qid: str) -> None:
-    from .store import QuarantineRecord, utcnow
-
-    row = session.get(QuarantineRecord, qid)
-    if row is not None and row.expired_at is None:
-        row.expired_at = utcnow()
 
 
 def _ago(seconds: float) -> dt.datetime:

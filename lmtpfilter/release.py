@@ -9,51 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import fcntl
-import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from .config import Config
 from .downstream import Downstream
 from .lmtp_protocol import Envelope
-from .quarantine import QuarantineFiles, validate_id
+from .quarantine import (
+    LOCK_TIMEOUT,
+    NotInQuarantine,
+    QuarantineBusy,
+    QuarantineFiles,
+    QuarantineLock,
+    find,
+)
 from .reply import Reply
 from .store import QuarantineRecord, Store
 
 
 class ReleaseError(Exception):
     pass
-
-
-class _Held:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def __enter__(self) -> _Held:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
-
-
-def shared_lock(directory: Path, timeout: float = 60.0) -> _Held:
-    """Wait (up to `timeout`) for a running janitor pass, then hold the lock shared."""
-    fd = os.open(directory / ".janitor.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return _Held(fd)
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise ReleaseError("the janitor is running; try again in a moment") from None
-            time.sleep(0.2)
 
 
 @dataclass
@@ -63,10 +40,10 @@ class Released:
 
 
 def load(session: Session, qid: str, lock: bool = False) -> QuarantineRecord:
-    record = session.get(QuarantineRecord, validate_id(qid), with_for_update=lock)
-    if record is None:
-        raise ReleaseError(f"no quarantined message with ID {qid}")
-    return record
+    try:
+        return find(session, qid, for_update=lock)
+    except NotInQuarantine as exc:
+        raise ReleaseError(str(exc)) from None
 
 
 async def release(config: Config, store: Store, qid: str, to: Sequence[str] = (),
@@ -80,16 +57,20 @@ async def release(config: Config, store: Store, qid: str, to: Sequence[str] = ()
                            f"to {record.released_to}; use --force to release it again")
     recipients = list(to) or record.recipient_list
     # Shared lock: the janitor (exclusive) cannot expire the file while it is released.
-    with await asyncio.to_thread(shared_lock, config.quarantine.directory):
-        try:
-            data = await asyncio.to_thread(files.read, record)
-        except FileNotFoundError:
-            raise ReleaseError(f"{qid}: the file is gone (expired by the janitor?)") from None
-        downstream = Downstream(config.downstream, config.hostname)
-        try:
-            replies = await downstream.deliver(Envelope(record.sender, recipients), [data])
-        finally:
-            await downstream.close()
+    try:
+        async with QuarantineLock(config.quarantine.directory, exclusive=False,
+                                  timeout=LOCK_TIMEOUT):
+            try:
+                data = await asyncio.to_thread(files.read, record)
+            except FileNotFoundError:
+                raise ReleaseError(f"{qid}: the file is gone (expired by the janitor?)") from None
+            downstream = Downstream(config.downstream, config.hostname)
+            try:
+                replies = await downstream.deliver(Envelope(record.sender, recipients), [data])
+            finally:
+                await downstream.close()
+    except QuarantineBusy as exc:  # only acquiring raises it
+        raise ReleaseError(str(exc)) from None
     results = list(zip(recipients, replies, strict=True))
 
     def save(session: Session) -> QuarantineRecord:

@@ -17,13 +17,12 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from . import metrics
 from .config import Config
-from .filtering import DISCARD_PENDING
+from .filtering import DISCARD_PENDING, forged_headers
 from .headers import number, quarantine_id
 from .notify import Notifications
 from .pipeline import Recipient, Transaction, received_header
@@ -44,13 +43,6 @@ def quarantined(qid: str) -> Reply:
 
 
 DISCARDED = Reply(250, "2.7.0", "Ok, discarded")
-
-
-@dataclass
-class Kept:
-    """What the quarantine stage did for this message (for the recorder)."""
-
-    qid: str | None = None
 
 
 def reason_of(scan: ScanResult | None, category: Category) -> tuple[str, str]:
@@ -106,7 +98,10 @@ class QuarantineStage:
                      keep: Sequence[Recipient]) -> None:
         created = dt.datetime.now(dt.UTC)
         received = self.received(tx)
-        chunks = tx.message.copy_with((received, quarantine_id(qid)))
+        # Kept without the verdict headers the sender wrote, as a delivered copy would be:
+        # a release must not bring a forged "X-Spam-Flag: NO" or Quarantine-ID to the user.
+        chunks = tx.message.copy_with((received, quarantine_id(qid)),
+                                      remove=forged_headers(tx.message))
         size_estimate = sum(len(c) for c in chunks)
         await self.store.run(lambda s: self.files.check_budget(s, size_estimate))
         stored: StoredFile = await asyncio.to_thread(self.files.write, qid, created, chunks)
@@ -129,7 +124,9 @@ class QuarantineStage:
             await self.store.run(commit)
         except BaseException:
             # No row, no 250: remove the file so that the janitor has no orphan to report.
-            await asyncio.to_thread(self.files.delete, record)
+            # Without the lock: a file with no row is nobody else's, and the janitor leaves
+            # row-less files alone for a day.
+            await asyncio.to_thread(self.files.remove, record)
             raise
 
     def received(self, tx: Transaction) -> bytes:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from janitor.sweep import FsStats, Sweeper, exclusive_lock
+from janitor.sweep import Sweeper
 from lmtpfilter import config as cfg
 from lmtpfilter import store as st
-from lmtpfilter.quarantine import new_id, relative_path
+from lmtpfilter.quarantine import FsStats, QuarantineLock, new_id, relative_path
 from tests.harness.daemons import short_tmpdir
 
 pytestmark = pytest.mark.integration
@@ -212,7 +212,7 @@ def test_run_prints_one_summary_line(world: World) -> None:
 
 def test_two_runs_never_overlap(world: World) -> None:
     old = world.add(40)
-    with exclusive_lock(world.qdir):
+    with QuarantineLock(world.qdir, exclusive=True):
         result = janitor(world, "run")
     assert result.returncode == 0 and "skipped" in result.stderr
     assert old.exists()

@@ -73,8 +73,10 @@ async def test_virus_quarantined_once_notified_and_released(
         proc: FilterProcess, dovecot: Dovecot, sink: MailSink) -> None:
     before = {u: len(dovecot.messages(u)) for u in (U1, U2, U3)}
     sink_before = len(sink.messages)
+    # The sender wrote verdict headers of its own: they must not come back on release.
+    forged = b"X-Spam-Flag: NO\r\nX-Quarantine-ID: <forged>\r\n"
     result = await lmtp_session(proc.listen, "sender@example.net", [U1, U2],
-                                message("invoice", attachment=("invoice.com", EICAR)))
+                                forged + message("invoice", attachment=("invoice.com", EICAR)))
     assert [r[:9] for r in result.data_replies] == ["250 2.7.0"] * 2, proc.log()[-3000:]
     ids = {r.rsplit(" ", 1)[1] for r in result.data_replies}
     assert len(ids) == 1
@@ -107,7 +109,8 @@ async def test_virus_quarantined_once_notified_and_released(
     assert re.findall(r"^(\S+): 250 2\.0\.0", released.stdout, re.M) == [U1, U2]
     for u in (U1, U2):
         stored = dovecot.wait_for_messages(u, before[u] + 1)
-        assert any(f"X-Quarantine-ID: <{qid}>".encode() in m for m in stored)
+        released_copy = next(m for m in stored if f"X-Quarantine-ID: <{qid}>".encode() in m)
+        assert b"<forged>" not in released_copy and b"X-Spam-Flag" not in released_copy
     replies = db(proc, f"select release_replies from quarantine where id = '{qid}'")[0][0]
     assert f"{U1}: 250 2.0.0" in str(replies) and f"{U2}: 250 2.0.0" in str(replies)
     # Not twice, unless forced (and then to whom we say).
@@ -138,7 +141,7 @@ async def test_recipient_with_virus_destiny_pass_gets_it_tagged(
 def test_user_commands(proc: FilterProcess) -> None:
     assert cli(proc, "user", "set", "@example.net", "--kill-level", "12",
                "--spam-destiny", "reject").returncode == 0
-    assert cli(proc, "user", "set", "boss@example.net", "--bypass-spam",
+    assert cli(proc, "user", "set", "boss@example.net", "--bypass-spam-checks",
                "--junk-folder", "Spam").returncode == 0
     listed = cli(proc, "user", "list").stdout
     assert "@example.net  kill_level=12.0 spam_destiny='reject'" in listed
