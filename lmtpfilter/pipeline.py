@@ -4,20 +4,25 @@ The LMTP server (``server.py``) only speaks the protocol; once DATA is complete 
 :class:`Transaction` to :meth:`Pipeline.process` and gets back exactly one :class:`Reply` per
 recipient, in RCPT order. In between:
 
-1. each :class:`Stage` (scanners, policy, quarantine — later issues) looks at the transaction
-   and, per recipient, either settles it with a final reply (reject, quarantined, tempfail) or
-   adjusts the :class:`Variant` of the copy that recipient gets (headers to add or remove);
+1. each :class:`Stage` (the filter stage: scanners and per-recipient policy, ``filtering.py``;
+   then the quarantine stage, ``verdicts.py``) looks at the transaction and, per recipient,
+   either settles it with a final reply (reject, quarantined, tempfail) or adjusts the
+   :class:`Variant` of the copy that recipient gets (headers to add or remove);
 2. recipients whose variants are equal form one group, and each group is delivered to the
    downstream LMTP server in one transaction (groups run concurrently);
-3. downstream's per-recipient replies are mapped back in RCPT order.
+3. downstream's per-recipient replies are mapped back in RCPT order;
+4. the :class:`Recorder` keeps the verdicts, then the replies go back.
 
 Whatever goes wrong, each recipient still gets a reply: unsettled ones get 451 4.3.0. A 2xx is
-only ever the downstream server's own 2xx (or, later, a durable quarantine).
+only ever the downstream server's own 2xx, or the quarantine stage's once the copy is durably
+kept (file fsynced, row committed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import logging
 import time
 from collections.abc import Sequence
@@ -38,13 +43,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+UNIX_PEER = "unix"  # Transaction.peer of a client on a unix socket (it has no address)
+
 
 @dataclass
 class Transaction:
     """One LMTP transaction after the final dot."""
 
     id: str
-    peer: str  # "ip:port" or "unix"
+    # The client's IP address, without the port (what our Received: field names, RFC 5321
+    # §4.4), or UNIX_PEER for a client on a unix socket.
+    peer: str
     helo: str
     sender: str
     mail_params: list[str]
@@ -113,9 +122,28 @@ class Pipeline:
         self.recorder = recorder
 
     async def process(self, tx: Transaction) -> list[Reply]:
-        """One reply per recipient, in RCPT order; never raises (except cancellation)."""
+        """One reply per recipient, in RCPT order; never raises (except cancellation).
+
+        The in-flight gauge goes back down on every path, cancellation included. The message
+        and reply counters move for every message answered, whatever failed on the way; a
+        cancelled one (shutdown) is not answered, so it is not counted: the client retries it.
+        """
         recipients = [Recipient(a, i) for i, a in enumerate(tx.recipients)]
         metrics.INFLIGHT.inc()
+        try:
+            replies = await self._settle(tx, recipients)
+        finally:
+            metrics.INFLIGHT.dec()
+        try:
+            count(recipients, replies)
+            log.info("%s", summary_line(tx, recipients, replies))
+        except Exception:  # a metric or a log line is never worth losing the replies over
+            log.exception("tx=%s could not count or log the message", tx.id)
+        return replies
+
+    async def _settle(self, tx: Transaction, recipients: Sequence[Recipient]) -> list[Reply]:
+        """Stages, delivery and record; the replies, 451 4.3.0 for whoever is left unsettled.
+        Raises nothing but cancellation."""
         try:
             for stage in self.stages:
                 await stage(tx, recipients)
@@ -130,9 +158,6 @@ class Pipeline:
                 # The mail itself is settled (delivered, quarantined or refused); answering
                 # 4xx now would deliver it twice on retry. The record is what is missing.
                 log.exception("tx=%s could not record the verdicts", tx.id)
-        metrics.INFLIGHT.dec()
-        count(recipients, replies)
-        log.info("%s", summary_line(tx, recipients, replies))
         return replies
 
     async def _deliver(self, tx: Transaction, recipients: Sequence[Recipient]) -> None:
@@ -216,10 +241,30 @@ def rfc5322_date(timestamp: float) -> str:
     return _last_date[1]
 
 
+@functools.lru_cache(maxsize=256)  # a handful of clients (the Postfix hosts); parsing costs µs
+def address_literal(ip: str) -> str:
+    """The RFC 5321 §4.1.3 form of a client's IP: "[192.0.2.1]", "[IPv6:2001:db8::1]".
+
+    An IPv4 client of a dual-stack listener (bound to "::") is seen as ::ffff:192.0.2.1: it is
+    named as the IPv4 client it is. A link-local zone ("%eth0") has no place in the literal."""
+    try:
+        address = ipaddress.ip_address(ip.partition("%")[0])
+    except ValueError:  # not an IP address: shown as it is, still bracketed
+        return f"[{ip}]"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"[{address.ipv4_mapped}]"
+        return f"[IPv6:{address}]"
+    return f"[{address}]"
+
+
 def received_header(tx: Transaction, hostname: str) -> bytes:
-    """Our trace field (RFC 5321 §4.4); "for" only with a single recipient (privacy)."""
+    """Our trace field (RFC 5321 §4.4); "for" only with a single recipient (privacy).
+
+    The client is named by its HELO name and IP address; a unix-socket client has no address,
+    so it is "(unix)"."""
     when = rfc5322_date(tx.received_at)
-    peer = tx.peer if tx.peer.startswith("unix") else f"[{tx.peer}]"
+    peer = tx.peer if tx.peer == UNIX_PEER else address_literal(tx.peer)
     parts = [f"from {tx.helo or 'unknown'} ({peer})", f"by {hostname} (lmtpfilter)",
              f"with LMTP id {tx.id}"]
     if len(tx.recipients) == 1:

@@ -3,7 +3,7 @@
 aiosmtpd 1.4.6 parses commands well but, for LMTP, it sends ONE reply after DATA on its own error
 paths (size or line limit, exceptions), does not advertise PIPELINING/ENHANCEDSTATUSCODES, omits
 enhanced status codes, and keeps its 300 s timer running while the message is processed
-(DESIGN.md §9). So this subclass replaces LHLO and the whole DATA phase:
+(docs/design.md §9). So this subclass replaces LHLO and the whole DATA phase:
 
 * the message is read in large chunks (not line by line) up to the terminating CRLF.CRLF, and
   whatever is pipelined after it is handed back to the command reader;
@@ -32,9 +32,10 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session, syntax
 
 from .addresses import matches
-from .config import Address, Config
+from .config import Config
 from .message import Message
-from .pipeline import Transaction
+from .options import Address
+from .pipeline import UNIX_PEER, Transaction
 from .reply import INTERNAL_ERROR, LINE_TOO_LONG, SHUTTING_DOWN, SIZE_EXCEEDED, Reply
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,7 @@ class LMTPSession(LMTP):
         peer = self.session.peer
         tx = Transaction(
             id=new_transaction_id(),
-            peer=f"{peer[0]}" if isinstance(peer, tuple) else "unix",
+            peer=str(peer[0]) if isinstance(peer, tuple) else UNIX_PEER,  # the IP, no port
             helo=self.session.host_name or "",
             # aiosmtpd records the null sender of bounces as "<>" (it must stay truthy for its
             # own "need MAIL" checks); downstream it is MAIL FROM:<>.

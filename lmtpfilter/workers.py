@@ -41,7 +41,6 @@ class Supervisor:
         self.run_worker = run_worker
         self.stop_timeout = stop_timeout
         self.children: dict[int, float] = {}  # pid -> started at
-        self.restarts = 0
         self._stopping = False
 
     def _spawn(self) -> None:
@@ -79,7 +78,6 @@ class Supervisor:
             if started is None or self._stopping:
                 continue
             log.error("worker %d died (%s); starting another", pid, _describe(status))
-            self.restarts += 1
             from . import metrics  # imported late: `serve` set up the metrics directory
 
             metrics.WORKER_RESTARTS.inc()
