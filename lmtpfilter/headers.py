@@ -1,6 +1,6 @@
 """The header fields lmtpfilter writes, in amavisd-new's formats (pure functions).
 
-Existing Sieve rules and habits of amavisd-new users depend on these exact forms (DESIGN §4):
+Sieve rules and habits of amavisd-new users depend on these exact forms (docs/design.md §4):
     X-Spam-Flag: YES
     X-Spam-Score: 7.214
     X-Spam-Level: *******
@@ -15,7 +15,7 @@ from email.header import Header
 from .message import fold
 
 # Incoming fields with these names (or prefixes) are removed from every delivered copy, so
-# that a sender cannot forge a verdict (DESIGN §4).
+# that a sender cannot forge a verdict (docs/design.md §4).
 FORGEABLE_PREFIXES = ("x-spam-", "x-virus-")
 FORGEABLE_NAMES = frozenset({"x-quarantine-id"})
 

@@ -74,7 +74,7 @@ async def test_corpus_through_dovecot(
         expected = re.sub(rb"\r?\n", b"\n", sent)  # Dovecot stores LF line endings
         head, sep, body = expected.partition(b"\n\n")
         if sep and FORGEABLE.search(head):
-            # Verdict headers a sender wrote are removed (DESIGN §4): compare without them.
+            # Verdict headers a sender wrote are removed (docs/design.md §4): compare without them.
             kept = [f for f in re.split(rb"\n(?![ \t])", head) if not FORGEABLE.match(f)]
             expected = b"\n".join(kept) + sep + body
         assert_stored(new[0], expected)
