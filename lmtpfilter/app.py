@@ -15,6 +15,7 @@ from .clamav import ClamdScanner, probe_version
 from .config import Config
 from .downstream import Downstream
 from .filtering import FilterStage
+from .lmtp_server import Capabilities
 from .notify import Notifications, Outbox
 from .pipeline import Pipeline, Stage
 from .policy import PolicySource
@@ -79,6 +80,15 @@ async def quarantine_gauges(store: Store, interval: float = 15.0) -> None:
         await asyncio.sleep(interval)
 
 
+def warn_about_policy(config: Config) -> None:
+    """Say at start-up what a setting that looks harmless causes (docs/design.md §3)."""
+    if config.policy.virus_destiny == "reject":
+        log.warning(
+            "[policy] virus_destiny = \"reject\": each virus gets a 5xx, so Postfix sends a "
+            "bounce with the virus's name to the envelope sender, which viruses forge "
+            "(backscatter); \"discard\" quarantines it and tells no one outside")
+
+
 async def log_scanner_versions(config: Config) -> None:
     """Say at start-up which clamd we talk to; a clamd that is down is only a warning here
     (mail is tempfailed while it is down, and it may come up after us)."""
@@ -98,7 +108,12 @@ async def serve(config: Config, services: Services,
     """Run until SIGTERM/SIGINT, then drain gracefully (421 after the timeout).
 
     owns_sockets=False (a worker): the unix socket files belong to the supervisor."""
-    server = FilterServer(config, services.pipeline.process, unlink_on_shutdown=owns_sockets)
+    downstream = services.pipeline.downstream
+    server = FilterServer(config, services.pipeline.process, unlink_on_shutdown=owns_sockets,
+                          announce=lambda: Capabilities(smtputf8=True,
+                                                        dsn=downstream.announces("DSN")))
+    warn_about_policy(config)
+    await downstream.probe()  # learn what it announces before the first client's LHLO
     await server.start(sockets)
     await log_scanner_versions(config)
     outbox = asyncio.create_task(services.outbox.run_forever())

@@ -130,6 +130,31 @@ class Downstream:
         self.config = config
         self.local_name = local_name
         self._idle: list[_Connection] = []
+        # What the server announced in its last LHLO reply (keyword -> value); None until a
+        # connection has been made. The LMTP server announces DSN only when this does.
+        self.capabilities: dict[str, str] | None = None
+
+    def announces(self, extension: str) -> bool:
+        return self.capabilities is not None and extension.upper() in self.capabilities
+
+    async def probe(self) -> None:
+        """Connect once (at start) to learn what the server announces; the connection is
+        kept for the first delivery. A server that is down is learnt about later."""
+        opened = await self._open()
+        if not isinstance(opened, Reply):
+            self._keep_or_close(opened)
+
+    async def _open(self) -> _Connection | Reply:
+        opened = await _open(self.config.address, self.local_name, self.config.connect_timeout)
+        if not isinstance(opened, Reply):
+            self.capabilities = dict(opened.protocol.capabilities)
+        return opened
+
+    def _keep_or_close(self, conn: _Connection) -> None:
+        if conn.usable and len(self._idle) < self.config.max_idle_connections:
+            self._idle.append(conn)
+        else:
+            conn.close()
 
     async def deliver(self, envelope: Envelope, body: Sequence[Piece]) -> list[Reply]:
         """Deliver one message to `envelope.recipients`; one Reply per recipient, in order.
@@ -140,16 +165,12 @@ class Downstream:
             conn = self._idle.pop() if self._idle else None
             cached = conn is not None
             if conn is None:
-                opened = await _open(self.config.address, self.local_name,
-                                     self.config.connect_timeout)
+                opened = await self._open()
                 if isinstance(opened, Reply):
                     return [opened] * len(envelope.recipients)
                 conn = opened
             results, answered = await conn.transaction(envelope, body, self.config.timeout)
-            if conn.usable and len(self._idle) < self.config.max_idle_connections:
-                self._idle.append(conn)
-            else:
-                conn.close()
+            self._keep_or_close(conn)
             # A cached connection the server had already closed fails before any reply:
             # nothing was delivered (the body goes only after 354), so one retry is safe.
             if cached and not answered:

@@ -139,6 +139,15 @@ class Expect(enum.Enum):
     QUIT = "QUIT"
 
 
+# A MAIL or RCPT parameter, and the extension the server must announce for it to be passed
+# on. SIZE= is not here: the protocol sends its own, for the copy it sends.
+PASSED_ON = {
+    "BODY": "8BITMIME",  # RFC 6152
+    "SMTPUTF8": "SMTPUTF8",  # RFC 6531: the addresses go as they are either way
+    "RET": "DSN", "ENVID": "DSN", "NOTIFY": "DSN", "ORCPT": "DSN",  # RFC 3461
+}
+
+
 class State(enum.Enum):
     CONNECTING = "connecting"  # waiting for the greeting / the LHLO reply
     READY = "ready"  # may start a transaction
@@ -150,7 +159,8 @@ class State(enum.Enum):
 class Envelope:
     sender: str
     recipients: Sequence[str]
-    mail_params: Sequence[str] = ()
+    mail_params: Sequence[str] = ()  # as the client gave them; see _mail_params
+    rcpt_params: Sequence[Sequence[str]] = ()  # per recipient, in order; or none at all
 
 
 @dataclass
@@ -208,22 +218,30 @@ class ClientConnection:
         params = "".join(" " + p for p in self._mail_params(envelope))
         self._send(f"MAIL FROM:<{envelope.sender}>{params}", Expect.MAIL)
         if self.pipelining:
-            for i, rcpt in enumerate(envelope.recipients):
-                self._send(f"RCPT TO:<{rcpt}>", Expect.RCPT, i)
+            for i in range(len(envelope.recipients)):
+                self._send(self._rcpt_command(i), Expect.RCPT, i)
             self._send("DATA", Expect.DATA)
 
+    def _passed_on(self, params: Iterable[str]) -> list[str]:
+        """The parameters whose extension the server announced (the keyword's entry in
+        PASSED_ON); the others are dropped, as a relay does (RFC 3461 §4, RFC 6531 §3.7)."""
+        return [p for p in params
+                if PASSED_ON.get(p.partition("=")[0].upper(), "-") in self.capabilities]
+
     def _mail_params(self, envelope: Envelope) -> list[str]:
-        """Pass on only what the server announced: BODY= needs 8BITMIME (RFC 6152), SIZE=
-        (our size, RFC 1870) needs SIZE; anything else is dropped."""
-        out = []
-        for param in envelope.mail_params:
-            keyword = param.partition("=")[0].upper()
-            if keyword == "BODY" and "8BITMIME" in self.capabilities:
-                out.append(param)
+        """The client's parameters the server can take, and our SIZE= (RFC 1870) for the copy
+        as it will be sent."""
+        out = self._passed_on(envelope.mail_params)
         if "SIZE" in self.capabilities and self._tx is not None:
             # The message as it will be sent, without the end-of-data marker (RFC 1870).
             out.append(f"SIZE={sum(len(c) for c in self._tx.body[:-1])}")
         return out
+
+    def _rcpt_command(self, index: int) -> str:
+        assert self._tx is not None
+        envelope = self._tx.envelope
+        params = self._passed_on(envelope.rcpt_params[index]) if envelope.rcpt_params else []
+        return f"RCPT TO:<{envelope.recipients[index]}>" + "".join(" " + p for p in params)
 
     @property
     def transaction_done(self) -> bool:
@@ -337,7 +355,7 @@ class ClientConnection:
         i = tx.pending_rcpt
         if i < len(tx.envelope.recipients):
             tx.pending_rcpt += 1
-            self._send(f"RCPT TO:<{tx.envelope.recipients[i]}>", Expect.RCPT, i)
+            self._send(self._rcpt_command(i), Expect.RCPT, i)
         elif tx.accepted:
             self._send("DATA", Expect.DATA)
         else:

@@ -62,6 +62,9 @@ class Transaction:
     received_at: float = field(default_factory=time.time)
     scan: ScanResult | None = None  # set by the filter stage: the message is scanned once
     quarantine_id: str | None = None  # set by the quarantine stage when a copy was kept
+    # Each recipient's RCPT parameters as received (NOTIFY=, ORCPT=), in RCPT order; passed
+    # on to the downstream transaction that carries that recipient.
+    rcpt_params: list[list[str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,9 @@ class Pipeline:
             (received, *variant.add_headers), variant.remove_headers, variant.subject_tag))
         if tx.message.body_wire_ready and isinstance(body[-1], memoryview):
             body[-1] = WireReady(body[-1])  # the big part goes out as received: no copy
-        envelope = Envelope(tx.sender, [m.address for m in members], _downstream_params(tx))
+        envelope = Envelope(tx.sender, [m.address for m in members], _downstream_params(tx),
+                            [tx.rcpt_params[m.index] if tx.rcpt_params else []
+                             for m in members])
         replies = await self.downstream.deliver(envelope, body)
         for member, reply in zip(members, replies, strict=True):
             member.reply = reply
@@ -273,6 +278,6 @@ def received_header(tx: Transaction, hostname: str) -> bytes:
 
 
 def _downstream_params(tx: Transaction) -> list[str]:
-    """MAIL FROM parameters worth passing on: BODY= (8-bit content). The protocol adds SIZE=
-    and drops what the downstream server did not announce."""
-    return [p for p in tx.mail_params if p.upper().startswith("BODY=")]
+    """The client's MAIL FROM parameters, but SIZE= (our copy has another size: the protocol
+    computes its own). The protocol drops what the downstream server did not announce."""
+    return [p for p in tx.mail_params if not p.upper().startswith("SIZE=")]
