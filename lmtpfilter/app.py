@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import metrics
@@ -80,6 +80,13 @@ async def quarantine_gauges(store: Store, interval: float = 15.0) -> None:
         await asyncio.sleep(interval)
 
 
+def extensions_for(downstream: Downstream) -> Callable[[], Capabilities]:
+    """What our LHLO announces: SMTPUTF8 always (the addresses are passed on as they are,
+    docs/design.md §9), DSN when the downstream server announces it (its parameters would
+    have nowhere to go otherwise)."""
+    return lambda: Capabilities(smtputf8=True, dsn=downstream.announces("DSN"))
+
+
 def warn_about_policy(config: Config) -> None:
     """Say at start-up what a setting that looks harmless causes (docs/design.md §3)."""
     if config.policy.virus_destiny == "reject":
@@ -110,8 +117,7 @@ async def serve(config: Config, services: Services,
     owns_sockets=False (a worker): the unix socket files belong to the supervisor."""
     downstream = services.pipeline.downstream
     server = FilterServer(config, services.pipeline.process, unlink_on_shutdown=owns_sockets,
-                          announce=lambda: Capabilities(smtputf8=True,
-                                                        dsn=downstream.announces("DSN")))
+                          announce=extensions_for(downstream))
     warn_about_policy(config)
     await downstream.probe()  # learn what it announces before the first client's LHLO
     await server.start(sockets)

@@ -185,7 +185,6 @@ inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 alias_maps =
 alias_database =
-smtputf8_enable = no
 smtpd_relay_restrictions = reject_unauth_destination
 default_transport = error:5.7.1 outbound delivery disabled in the sandbox
 relay_transport = error:5.7.1 outbound delivery disabled in the sandbox

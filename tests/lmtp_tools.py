@@ -27,6 +27,7 @@ class Captured:
     recipients: list[str]  # accepted ones
     data: bytes  # dot-unstuffed, as the server received it
     mail_line: str
+    rcpt_lines: list[str] = field(default_factory=list)  # every RCPT command, as sent
 
 
 @dataclass
@@ -79,8 +80,9 @@ class FakeDownstream:
         say("220 fake.example LMTP")
         sender, mail_line = "", ""
         rcpts: list[str] = []
+        rcpt_lines: list[str] = []
         while True:
-            line = (await reader.readuntil(b"\r\n")).decode().rstrip("\r\n")
+            line = (await reader.readuntil(b"\r\n")).decode("utf-8").rstrip("\r\n")
             verb = line.split(" ")[0].split(":")[0].upper()
             if verb == "LHLO":
                 caps = ["fake.example", *self.capabilities]
@@ -88,10 +90,11 @@ class FakeDownstream:
             elif verb == "MAIL":
                 mail_line = line
                 sender = line[line.index("<") + 1: line.index(">")]
-                rcpts = []
+                rcpts, rcpt_lines = [], []
                 say("250 2.1.0 Ok")
             elif verb == "RCPT":
                 rcpt = line[line.index("<") + 1: line.index(">")]
+                rcpt_lines.append(line)
                 reply = self.rcpt_reply(rcpt, len(rcpts))
                 rcpts.append(rcpt) if reply.startswith("2") else None
                 say(reply)
@@ -104,7 +107,8 @@ class FakeDownstream:
                 data = raw[:-3]
                 data = data[1:] if data.startswith(b".") else data
                 data = data.replace(b"\r\n.", b"\r\n")
-                self.transactions.append(Captured(sender, list(rcpts), data, mail_line))
+                self.transactions.append(Captured(sender, list(rcpts), data, mail_line,
+                                                  list(rcpt_lines)))
                 await writer.drain()
                 if self.after_data == "close":
                     return
@@ -134,6 +138,7 @@ class SessionResult:
     rcpt_replies: list[str]
     data_replies: list[str]  # after the final dot, one per accepted recipient
     final: str  # the reply after those (to QUIT): must be the 221, proving no extra reply
+    lhlo: str = ""  # the LHLO reply, lines joined by newlines
 
 
 async def _read_reply(reader: asyncio.StreamReader, timeout: float) -> str:
@@ -152,8 +157,11 @@ async def _read_reply(reader: asyncio.StreamReader, timeout: float) -> str:
 async def lmtp_session(
     address: str, sender: str, recipients: Sequence[str], message: bytes, *,
     pipelined: bool = True, timeout: float = 30.0, stuff: bool = True,
+    mail_params: str = "", rcpt_params: Sequence[str] = (),
 ) -> SessionResult:
-    """One LMTP transaction, written the way Postfix writes it (pipelined), then QUIT."""
+    """One LMTP transaction, written the way Postfix writes it (pipelined), then QUIT.
+    mail_params: appended to MAIL FROM (" SMTPUTF8 RET=HDRS"); rcpt_params: one string per
+    recipient, appended to its RCPT TO."""
     if address.startswith("unix:"):
         reader, writer = await asyncio.open_unix_connection(address[5:])
     else:
@@ -164,8 +172,10 @@ async def lmtp_session(
         writer.write(b"LHLO client.example\r\n")
         lhlo = await _read_reply(reader, timeout)
         assert lhlo.startswith("250"), lhlo
-        commands = [f"MAIL FROM:<{sender}>".encode()] + [
-            f"RCPT TO:<{r}>".encode() for r in recipients] + [b"DATA"]
+        params = list(rcpt_params) or [""] * len(recipients)
+        commands = [f"MAIL FROM:<{sender}>{mail_params}".encode()] + [
+            f"RCPT TO:<{r}>{p}".encode() for r, p in zip(recipients, params, strict=True)
+        ] + [b"DATA"]
         body = message
         if stuff:
             body = (b"." + body if body.startswith(b".") else body).replace(b"\r\n.", b"\r\n..")
@@ -193,7 +203,7 @@ async def lmtp_session(
         else:
             writer.write(b"QUIT\r\n")
         final = await _read_reply(reader, timeout)
-        return SessionResult(rcpt_replies, data_replies, final)
+        return SessionResult(rcpt_replies, data_replies, final, lhlo)
     finally:
         writer.close()
 
@@ -212,11 +222,13 @@ def make_config(downstream_address: str, **sections: dict[str, object]) -> Confi
 async def running_filter(config: Config, stages: Sequence[Stage] = ()
                          ) -> AsyncIterator[tuple[str, FilterServer, Pipeline]]:
     """The filter in this event loop, on a free loopback port; yields its address."""
-    from lmtpfilter.app import build_pipeline
+    from lmtpfilter.app import build_pipeline, extensions_for
     from lmtpfilter.server import bind
 
     pipeline = build_pipeline(config, stages)
-    server = FilterServer(config, pipeline.process)
+    server = FilterServer(config, pipeline.process,
+                          announce=extensions_for(pipeline.downstream))
+    await pipeline.downstream.probe()
     sock = bind(Address(host="127.0.0.1", port=0), 0o660)
     port = sock.getsockname()[1]
     await server.start([sock])

@@ -696,7 +696,6 @@ def start_postfix(
         "biff": "no",
         "append_dot_mydomain": "no",
         "readme_directory": "no",
-        "smtputf8_enable": "no",
         "smtpd_banner": "$myhostname ESMTP lab",
         # no relaying, no outbound delivery, no DNS: anything not in virtual_mailbox_domains
         # is refused at RCPT; bounces die locally
