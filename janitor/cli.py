@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
 
 from lmtpfilter import config as cfg
+from lmtpfilter.options import mask_credentials
+from lmtpfilter.privileges import COMMAND_UMASK, PrivilegeError, become_service_user
 from lmtpfilter.quarantine import QuarantineBusy, QuarantineLock
 
 from .sweep import Summary, Sweeper
@@ -68,9 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except cfg.ConfigError as exc:
         print(f"lmtpfilter-janitor: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.command == "run":
-        return _run(config, args.dry_run)
-    return _serve(config)
+    # Run by root (cron, by hand), the janitor creates the lock, the database's -wal and -shm
+    # files as the service user, as lmtpfilter's commands do (lmtpfilter/privileges.py).
+    previous_umask = os.umask(COMMAND_UMASK)
+    try:
+        become_service_user(config)
+        if args.command == "run":
+            return _run(config, args.dry_run)
+        return _serve(config)
+    except PrivilegeError as exc:
+        print(f"lmtpfilter-janitor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        os.umask(previous_umask)
 
 
 def _run(config: cfg.Config, dry_run: bool) -> int:
@@ -83,7 +96,9 @@ def _run(config: cfg.Config, dry_run: bool) -> int:
         return EXIT_USAGE
     except Exception as exc:  # one clear line; the traceback is in the log at DEBUG
         log.debug("janitor pass failed", exc_info=True)
-        print(f"lmtpfilter-janitor: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        # A driver's message may quote the database URL: never its password.
+        first_line = mask_credentials(str(exc).splitlines()[0] if str(exc) else "")
+        print(f"lmtpfilter-janitor: {exc.__class__.__name__}: {first_line}", file=sys.stderr)
         return EXIT_FAILURE
     if summary is not None:
         print(summary.line())

@@ -77,9 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quarantine", help="quarantined messages").add_subparsers(
         dest="action", required=True, parser_class=_Parser)
     qlist = q.add_parser("list", parents=[common], help="quarantined messages, newest first")
-    qlist.add_argument("--since", type=_duration, metavar="AGE", help='e.g. "1h", "7d"')
-    qlist.add_argument("--recipient", metavar="ADDRESS")
+    _add_query_flags(qlist)
     qlist.add_argument("--reason", choices=["virus", "spam"])
+    qlist.add_argument("--state", action="append", choices=["held", "released", "expired"],
+                       help="repeatable (default: held and released)")
     qlist.add_argument("--all", action="store_true", help="include expired ones")
     qshow = q.add_parser("show", parents=[common], help="headers and verdict of ID")
     qshow.add_argument("id")
@@ -97,10 +98,35 @@ def _parser() -> argparse.ArgumentParser:
                             help="(re)generate and install the scripts of ADDRESS, or all")
     sync.add_argument("address", nargs="?")
 
-    logp = sub.add_parser("log", parents=[common], help="recent verdicts")
-    logp.add_argument("--since", type=_duration, default=3600.0, metavar="AGE")
-    logp.add_argument("--recipient", metavar="ADDRESS")
+    logp = sub.add_parser("log", parents=[common], help="verdicts, one per recipient, newest first")
+    _add_query_flags(logp)
+    logp.add_argument("--action", choices=["deliver", "discard", "reject", "tempfail", "error"])
+    logp.add_argument("--category", choices=["clean", "spammy", "spam", "virus", "unchecked"])
     return parser
+
+
+DEFAULT_LIMIT = 100
+
+
+def _limit(text: str) -> int | None:
+    """--limit: a number of rows, or "all" (None)."""
+    if text.strip().lower() == "all":
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'expected a number of rows or "all", got {text!r}')
+    return int(text)
+
+
+def _add_query_flags(parser: argparse.ArgumentParser) -> None:
+    """The filters of `log` and `quarantine list`, applied in SQL before the limit."""
+    parser.add_argument("--recipient", metavar="ADDRESS", help="this recipient (any case)")
+    parser.add_argument("--sender", metavar="ADDRESS",
+                        help='this sender (any case); "<>" is the null sender')
+    parser.add_argument("--since", type=_duration, metavar="AGE",
+                        help='newer than AGE, e.g. "1h", "7d"')
+    parser.add_argument("--until", type=_duration, metavar="AGE", help="older than AGE")
+    parser.add_argument("--limit", type=_limit, default=DEFAULT_LIMIT, metavar="N",
+                        help=f'show the newest N (default {DEFAULT_LIMIT}), or "all"')
 
 
 def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
@@ -140,19 +166,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sieve": _sieve,
         "log": _log,
     }[args.command]
+    import os
+
+    from .privileges import COMMAND_UMASK, PrivilegeError, become_service_user
+
+    # The files a command creates are the service user's, never the world's (privileges.py).
+    # The umask is given back on return, for callers that run main() in their own process.
+    previous_umask = os.umask(COMMAND_UMASK)
     try:
+        if args.command != "check-config":  # it opens no file but the config
+            become_service_user(config)
         return handler(config, args)
+    except PrivilegeError as exc:
+        print(f"lmtpfilter: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except CliError as exc:
         print(f"lmtpfilter: {exc}", file=sys.stderr)
         return exc.code
     except ValueError as exc:  # validation of an argument (address, quarantine ID, value)
         print(f"lmtpfilter: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        os.umask(previous_umask)
 
 
 def _open_store(config: cfg.Config) -> Any:
     from sqlalchemy.exc import SQLAlchemyError
 
+    from .options import mask_credentials, mask_url_password
     from .store import SchemaError, Store
 
     try:
@@ -160,9 +201,10 @@ def _open_store(config: cfg.Config) -> Any:
         store.check_schema()
     except SchemaError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    except SQLAlchemyError as exc:
-        raise CliError(f"database {config.database.url}: {exc.__class__.__name__}: "
-                       f"{str(exc).splitlines()[0]}") from None
+    except SQLAlchemyError as exc:  # the URL and the driver's words, password masked
+        raise CliError(f"database {mask_url_password(config.database.url)}: "
+                       f"{exc.__class__.__name__}: "
+                       f"{mask_credentials(str(exc).splitlines()[0])}") from None
     return store
 
 
@@ -171,7 +213,6 @@ def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
     store.close()
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
     logging.getLogger("alembic").setLevel(logging.WARNING)
     metrics_dir = _metrics_dir(config)
     try:
@@ -274,7 +315,8 @@ def _user(config: cfg.Config, args: argparse.Namespace) -> int:
             row = store.transaction(lambda s: s.get(UserPolicy, key))
             overrides = up.overrides_of(row) if row else {}
             effective = up.effective(config.policy, key,
-                                     store.transaction(lambda s: up.rows_for(s, key)))
+                                     store.transaction(lambda s: up.rows_for(
+                                         s, key, config.policy.recipient_delimiter)))
             for name, value in up.per_user_values(effective).items():
                 mark = "  (override)" if name in overrides else ""
                 print(f"{name} = {value!r}{mark}")
@@ -340,12 +382,14 @@ def _quarantine(config: cfg.Config, args: argparse.Namespace) -> int:
     files = QuarantineFiles(config.quarantine)
     try:
         if args.action == "list":
-            for row in store.transaction(lambda s: _list_quarantine(s, args)):
+            page = store.transaction(lambda s: _list_quarantine(s, args))
+            for row in page.rows:
                 state = ("expired" if row.expired_at else
                          "released" if row.released_at else "held")
                 print(f"{row.id}  {row.created_at:%Y-%m-%d %H:%M}  {row.reason:<5} "
                       f"{state:<8} {row.size:>8}  <{row.sender}> -> "
                       f"{', '.join(row.recipient_list)}  {row.detail}  {row.subject!r}")
+            _say_if_cut(page)
             return EXIT_OK
         qid = validate_id(args.id)
         from .release import ReleaseError, load
@@ -394,23 +438,37 @@ def _quarantine(config: cfg.Config, args: argparse.Namespace) -> int:
     raise AssertionError(args.action)
 
 
-def _list_quarantine(session: Any, args: argparse.Namespace) -> list[Any]:
-    from sqlalchemy import select
+def _list_quarantine(session: Any, args: argparse.Namespace) -> Any:
+    """The newest matching rows, as a queries.Page; every filter is SQL (lmtpfilter/queries.py).
+    --state picks states; without it, --all adds expired rows to held and released ones."""
+    from .queries import LIVE_STATES, STATES, QuarantineFilters, quarantine_page
 
-    from .store import QuarantineRecord
+    states = frozenset(args.state or (STATES if args.all else LIVE_STATES))
+    filters = QuarantineFilters(reason=args.reason, states=states, **_filters(args))
+    return quarantine_page(session, filters, args.limit)
 
-    query = select(QuarantineRecord).order_by(QuarantineRecord.created_at.desc())
-    if not args.all:
-        query = query.where(QuarantineRecord.expired_at.is_(None))
-    if args.since:
-        query = query.where(QuarantineRecord.created_at >= _ago(args.since))
-    if args.reason:
-        query = query.where(QuarantineRecord.reason == args.reason)
-    rows = list(session.scalars(query.limit(10_000)))
-    if args.recipient:
-        wanted = args.recipient.lower()
-        rows = [r for r in rows if wanted in (x.lower() for x in r.recipient_list)]
-    return rows
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The filters that `log` and `quarantine list` share, from their flags."""
+    from .queries import address_arg
+
+    if args.since is not None and args.until is not None and args.until >= args.since:
+        raise CliError(f"--until must be a shorter age than --since: nothing is newer than "
+                       f"{args.since:g}s and older than {args.until:g}s", EXIT_USAGE)
+    return dict(
+        recipient=None if args.recipient is None else address_arg(args.recipient,
+                                                                  "--recipient"),
+        sender=None if args.sender is None else address_arg(args.sender, "--sender"),
+        since=None if args.since is None else _ago(args.since),
+        until=None if args.until is None else _ago(args.until))
+
+
+def _say_if_cut(page: Any) -> None:
+    """One line on stderr when --limit left rows out (stdout stays one line per row)."""
+    if page.cut:
+        total = f"more than {page.total:,}" if page.more else f"{page.total:,}"
+        print(f"(showing the newest {len(page.rows):,} of {total}; "
+              "use --limit N or --limit all)", file=sys.stderr)
 
 
 def _ago(seconds: float) -> dt.datetime:
@@ -418,26 +476,20 @@ def _ago(seconds: float) -> dt.datetime:
 
 
 def _log(config: cfg.Config, args: argparse.Namespace) -> int:
-    from sqlalchemy import select
+    from .queries import LogFilters, log_page
 
-    from .store import MessageRecord, RecipientVerdict
-
+    filters = LogFilters(action=args.action, category=args.category, **_filters(args))
     store = _open_store(config)
     try:
-        query = (select(MessageRecord, RecipientVerdict)
-                 .join(RecipientVerdict, RecipientVerdict.message_id == MessageRecord.id)
-                 .where(MessageRecord.received_at >= _ago(args.since))
-                 .order_by(MessageRecord.received_at, RecipientVerdict.position))
-        if args.recipient:
-            query = query.where(RecipientVerdict.address == args.recipient)
-        rows = store.transaction(lambda s: list(s.execute(query.limit(10_000)).all()))
-        for m, v in rows:
+        page = store.transaction(lambda s: log_page(s, filters, args.limit))
+        for m, v in page.rows:
             score = "-" if m.spam_score is None else f"{m.spam_score:.1f}"
             virus = f" virus={m.virus_names}" if m.virus_names else ""
             quarantine = f" quarantine={v.quarantine_id}" if v.quarantine_id else ""
             print(f"{m.received_at:%Y-%m-%d %H:%M:%S} {m.id} <{m.sender}> -> <{v.address}> "
                   f"{v.action}/{v.category} score={score}{virus}{quarantine} "
                   f"{v.reply_text}")
+        _say_if_cut(page)
         return EXIT_OK
     finally:
         store.close()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .addresses import AddressList
 from .options import (
     _DURATION_UNITS,
     Address,
@@ -28,14 +29,15 @@ from .options import (
     declared,
     int_in_range,
     key_of,
+    mask_url_password,
     one_of,
     option,
     parse_address,
     parse_address_list,
-    parse_address_or_domain_list,
     parse_bool,
     parse_cron,
     parse_db_url,
+    parse_delimiter,
     parse_duration,
     parse_float,
     parse_folder,
@@ -46,9 +48,12 @@ from .options import (
     parse_optional_address,
     parse_optional_path,
     parse_path,
+    parse_recipient_list,
     parse_size,
     parse_size_or_percent,
     parse_str,
+    parse_user_name,
+    shown,
 )
 
 DEFAULT_PATH = Path("/etc/lmtpfilter/lmtpfilter.toml")
@@ -83,6 +88,11 @@ class ServerConfig:
         "On SIGTERM, how long in-flight transactions may run before the rest get 421.")
     idle_timeout: float = option(
         "300s", parse_duration, "Close a client connection idle for this long (RFC 5321 5 min).")
+    user: str = option(
+        "", parse_str,
+        "Every command started as root switches to this user before it opens a file, so that "
+        'what it creates belongs to the service; "" = the owner of the database\'s and the '
+        "quarantine's directories (none if root owns them).")
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,9 @@ class SpamassassinConfig:
     timeout: float = option("60s", parse_duration, "Timeout of one spamd check.")
     max_size: int = option(
         "512K", parse_size, "Larger messages are not spam-scanned (recorded as skipped).")
+    user: str = option(
+        "", parse_user_name,
+        'Sent as spamd\'s "User:" (as `spamc -u`): whose preferences apply; "" sends none.')
 
 
 _DESTINIES = ("pass", "discard", "reject")
@@ -155,17 +168,26 @@ class PolicyConfig:
         per_user=True)
     junk_folder: str = option(
         "Junk", parse_folder, "Folder for junk_destiny = junk.", per_user=True)
-    bypass_spam_checks: tuple[str, ...] = option(
-        [], parse_address_or_domain_list,
-        'Recipients ("user@dom") or domains ("@dom") not spam-checked; per user: true/false.',
+    bypass_spam_checks: AddressList = option(
+        [], parse_recipient_list,
+        'Recipients not spam-checked, in amavis\'s forms ("user@dom", "dom", ".dom", "user@", '
+        '"."); per user: true/false.', per_user=True)
+    bypass_virus_checks: AddressList = option(
+        [], parse_recipient_list,
+        "Recipients not virus-checked, in the same forms; per user: true/false.",
         per_user=True)
-    bypass_virus_checks: tuple[str, ...] = option(
-        [], parse_address_or_domain_list,
-        'Recipients ("user@dom") or domains ("@dom") not virus-checked; per user: true/false.',
-        per_user=True)
-    local_domains: tuple[str, ...] = option(
-        [], parse_address_or_domain_list,
-        "Domains accepted at RCPT; empty = every recipient is local (the LMTP case).")
+    local_domains: AddressList = option(
+        [], parse_recipient_list,
+        'Local recipients, in the same forms (Debian\'s amavis: [".example.org"]); only they '
+        "get spam headers and subject tags, as in amavis. Empty: everyone is local.")
+    refuse_non_local: bool = option(
+        False, parse_bool,
+        "Refuse recipients outside local_domains at RCPT (550 5.1.2) instead of delivering "
+        "them untagged.")
+    recipient_delimiter: str = option(
+        "", parse_delimiter,
+        'Postfix\'s recipient_delimiter, e.g. "+": alice+lists@ gets alice@\'s policy, lists '
+        "and Sieve script, and is recorded as alice+lists@.")
     on_scanner_failure: str = option(
         "tempfail", one_of("tempfail", "pass"),
         "A scanner down or timing out: tempfail (451) or pass (deliver unscanned, marked).",
@@ -211,7 +233,8 @@ class DatabaseConfig:
     SECTION: ClassVar[str] = "database"
     url: str = option(
         "sqlite:////var/lib/lmtpfilter/lmtpfilter.db", parse_db_url,
-        "SQLAlchemy URL; PostgreSQL for several hosts (postgresql+psycopg://...).")
+        "SQLAlchemy URL; PostgreSQL for several hosts (postgresql+psycopg://...). Shown with "
+        "its password as ***.", mask=mask_url_password)
     policy_cache_ttl: float = option(
         "60s", parse_duration, "How long per-user policies are cached by the filter.")
 
@@ -384,7 +407,8 @@ def format_duration(seconds: float) -> str:
 
 
 def _effective(f: dataclasses.Field[Any], value: object) -> str:
-    """Render a parsed value back as TOML a user could write."""
+    """Render a parsed value back as TOML a user could write, secrets masked (`shown`)."""
+    value = shown(f, value)
     if f.metadata["parse"] is parse_mode:
         return _toml_value(f"{value:04o}")
     if f.metadata["parse"] is parse_duration:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .addresses import AddressList, InvalidEntry
+
 
 class InvalidValue(ValueError):
     """Raised by a parser; the caller adds the key name (the loader, `lmtpfilter user set`)."""
@@ -67,7 +69,9 @@ def parse_address(value: object) -> Address:
         return Address(path=path)
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", value)
     if not m:
-        raise InvalidValue(f'expected "host:port", "[ipv6]:port" or "unix:/path", got {value!r}')
+        # No address form carries credentials; one written with them is not echoed in clear.
+        raise InvalidValue('expected "host:port", "[ipv6]:port" or "unix:/path", '
+                           f"got {mask_credentials(value)!r}")
     host = m.group(1) or m.group(3)
     port = int(m.group(2) or m.group(4))
     if not 0 < port < 65536:
@@ -203,22 +207,34 @@ def parse_hostname(value: object) -> str:
     return text
 
 
+def parse_user_name(value: object) -> str:
+    """A user name (spamd's User:, a system user): no space, no control character."""
+    text = parse_str(value)
+    if text and (len(text) > 64 or re.search(r"[\s\x00-\x1f\x7f:]", text)):
+        raise InvalidValue(f"not a usable user name: {text!r}")
+    return text
+
+
 _ADDRESS_RE = re.compile(r"[^@\s<>]+@[^@\s<>]+")
-_DOMAIN_RE = re.compile(r"@?[A-Za-z0-9.-]+")
 
 
-def parse_address_or_domain_list(value: object) -> tuple[str, ...]:
-    """Recipients ("user@dom") or domains ("@dom", or "dom" in local_domains); lower-cased."""
+def parse_recipient_list(value: object) -> AddressList:
+    """An address list in amavis's forms (addresses.py): "example.org", ".example.org",
+    ".", "user@example.org", "user@", "!entry"; an entry that can never match is refused."""
     if not isinstance(value, list):
-        raise InvalidValue("expected a list of addresses or @domains")
-    out = []
-    for item in value:
-        if not isinstance(item, str) or not (
-            _ADDRESS_RE.fullmatch(item) or _DOMAIN_RE.fullmatch(item)
-        ):
-            raise InvalidValue(f'expected "user@domain" or "@domain", got {item!r}')
-        out.append(item.lower())
-    return tuple(out)
+        raise InvalidValue('expected a list such as [".example.org", "user@example.net"]')
+    try:
+        return AddressList(value)
+    except InvalidEntry as exc:
+        raise InvalidValue(str(exc)) from None
+
+
+def parse_delimiter(value: object) -> str:
+    """Postfix's recipient_delimiter: "" or a few characters, none of them @ or a space."""
+    text = parse_str(value)
+    if len(text) > 8 or any(c in text for c in "@ \t.\"<>"):
+        raise InvalidValue(f"expected a few characters such as \"+\" or \"+-\", got {text!r}")
+    return text
 
 
 def parse_mail_address_list(value: object) -> tuple[str, ...]:
@@ -268,8 +284,9 @@ def parse_db_url(value: object) -> str:
 
     try:
         make_url(text)
-    except ArgumentError as exc:
-        raise InvalidValue(str(exc)) from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        # SQLAlchemy's ValueError quotes a piece of the URL, which may be the password.
+        raise InvalidValue(f"not an SQLAlchemy URL: {mask_url_password(text)!r}") from None
     return text
 
 
@@ -284,6 +301,34 @@ def parse_optional_path(value: object) -> Path | None:
     if value == "":
         return None
     return parse_path(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets. A value is shown (check-config, which systemd logs as ExecStartPre; error messages)
+# only through its option's mask, so a password never reaches the journal or a terminal.
+# --------------------------------------------------------------------------------------------
+
+MASK = "***"
+# user:password@ after "scheme://" or where a word starts (not "scheme:" itself), as
+# SQLAlchemy splits it: the user name stops at ":" or "/", the password runs to the "@" (to
+# the last one of the word, so that a password with an unencoded "@" is masked whole).
+_USERINFO_PASSWORD = re.compile(r"(^|//|\s)([^:/\s]*:)(?!//)\S*@")
+# libpq (psycopg) also takes the password, or sslpassword, as a query parameter.
+_QUERY_PASSWORD = re.compile(r"([?&][^=&\s]*password=)[^&\s]*", re.IGNORECASE)
+
+
+def mask_credentials(value: object) -> object:
+    """`value` as it may be shown: in a string, every `user:password@` and `password=...`
+    becomes `user:***@` and `password=***`. Anything else is returned as it is."""
+    if not isinstance(value, str):
+        return value
+    masked = _USERINFO_PASSWORD.sub(rf"\g<1>\g<2>{MASK}@", value)
+    return _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", masked)
+
+
+def mask_url_password(url: object) -> str:
+    """A database URL as it may be shown: postgresql+psycopg://user:***@host/db."""
+    return str(mask_credentials(url))
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,7 +357,7 @@ def user_kind(parse: Callable[[object], Any]) -> UserKind:
         return UserKind.TEXT
     if parse is parse_bool:
         return UserKind.FLAG
-    if parse is parse_address_or_domain_list:
+    if parse is parse_recipient_list:
         return UserKind.MEMBERSHIP
     raise TypeError(f"{getattr(parse, '__name__', parse)!r} has no per-user form")
 
@@ -330,19 +375,28 @@ def parse_user_value(parse: Callable[[object], Any], value: object) -> Any:
 
 
 def option(default: object, parse: Callable[[object], Any], help: str, *,
-           per_user: bool = False) -> Any:
+           per_user: bool = False, mask: Callable[[Any], Any] | None = None) -> Any:
     """Declare one option: its raw default (as written in TOML), its parser and its help.
 
     The raw default goes through the same parser as user input, so defaults are validated too.
     per_user: a [policy] key that `lmtpfilter user set` may override for one address or one
     domain; its column, CLI flag and per-user validation derive from the parser (user_kind).
+    mask: for a value that may hold a secret, what is shown instead of it (`check-config`,
+    messages), e.g. mask_url_password.
     """
     if per_user:
         user_kind(parse)  # fail at import, not at the first `user set`
     return field(
         default_factory=lambda: parse(default),
-        metadata={"raw_default": default, "parse": parse, "help": help, "per_user": per_user},
+        metadata={"raw_default": default, "parse": parse, "help": help, "per_user": per_user,
+                  "mask": mask},
     )
+
+
+def shown(f: dataclasses.Field[Any], value: Any) -> Any:
+    """An option's value as it may be shown: through its mask, if it has one."""
+    mask = f.metadata.get("mask")
+    return mask(value) if mask is not None else value
 
 
 def declared(section: type) -> list[dataclasses.Field[Any]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from . import headers as h
-from .addresses import matches
+from .addresses import NOBODY, AddressList, only
 from .config import PolicyConfig, per_user_options
 from .options import UserKind, declared, user_kind
 from .reply import Reply
@@ -45,13 +45,19 @@ class RecipientPolicy(PolicyConfig):
         for key, value in overrides.items():
             if _USER_KINDS[key] is UserKind.MEMBERSHIP:
                 # Listed or not, whatever the config's list says about this address.
-                value = (self.address.lower(),) if value else ()
+                value = only(self.address) if value else NOBODY
             changes[key] = value
         return replace(self, **changes)
 
-    def listed(self, entries: Iterable[str]) -> bool:
+    def listed(self, entries: AddressList) -> bool:
         """Is this recipient in one of its address lists (e.g. self.bypass_spam_checks)?"""
-        return matches(self.address, entries)
+        return entries.matches(self.address, self.recipient_delimiter)
+
+    @property
+    def is_local(self) -> bool:
+        """amavis's meaning: only local recipients get spam headers and the subject tag.
+        An empty local_domains makes everyone local (an LMTP filter's usual case)."""
+        return not self.local_domains or self.listed(self.local_domains)
 
 
 _USER_KINDS = {f.name: user_kind(f.metadata["parse"]) for f in per_user_options()}
@@ -140,13 +146,14 @@ def decide(scan: ScanResult, policy: RecipientPolicy, x_header_line: str) -> Dec
 
     # 2. Then spam.
     subject_tag = ""
+    local = policy.is_local  # amavis adds spam headers and tags for local recipients only
     if not policy.listed(policy.bypass_spam_checks):
         if spam.status is Status.ERROR:
             if policy.on_scanner_failure == "tempfail":
                 return Decision(Action.TEMPFAIL, Category.UNCHECKED, SPAM_TEMPFAIL)
-            fields += h.skipped_fields("scanner unavailable")
+            fields += h.skipped_fields("scanner unavailable") if local else ()
             category = _worst(category, Category.UNCHECKED)
-        elif spam.status is Status.SKIPPED:
+        elif spam.status is Status.SKIPPED and local:
             fields += h.skipped_fields("message too large")
         elif spam.status is Status.SCORED:
             score = spam.score
@@ -159,11 +166,11 @@ def decide(scan: ScanResult, policy: RecipientPolicy, x_header_line: str) -> Dec
                     return Decision(Action.DISCARD, Category.SPAM)
                 if policy.spam_destiny == "discard":
                     return Decision(Action.DISCARD, Category.SPAM)
-            if score >= policy.tag_level:
+            if score >= policy.tag_level and local:
                 fields += h.spam_fields(is_spam, score, policy.tag_level, policy.tag2_level,
                                         spam.rules)
             if is_spam:
-                subject_tag = policy.spam_subject_tag
+                subject_tag = policy.spam_subject_tag if local else ""
                 category = _worst(category, Category.SPAM if score >= policy.kill_level
                                   else Category.SPAMMY)
     return Decision(Action.DELIVER, category, None, tuple(fields), subject_tag)

@@ -27,7 +27,6 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from .addresses import matches
 from .config import Config
 from .lmtp_server import (
     Capabilities,
@@ -212,9 +211,12 @@ class FilterServer:
         self._servers: list[asyncio.AbstractServer] = []
 
     def refuse_recipient(self, address: str) -> Reply | None:
-        """The reply that refuses a recipient at RCPT, or None to accept it."""
-        local = self.config.policy.local_domains
-        if local and not matches(address, local):
+        """The reply that refuses a recipient at RCPT, or None to accept it. A recipient
+        outside local_domains is refused only when asked (refuse_non_local): by default it
+        is delivered without spam tags, as amavis does."""
+        policy = self.config.policy
+        if (policy.refuse_non_local and policy.local_domains
+                and not policy.local_domains.matches(address, policy.recipient_delimiter)):
             return Reply(550, "5.1.2", f"<{address}>: Recipient domain is not handled here")
         return None
 

@@ -137,6 +137,10 @@ class DirectoryInstaller:
 
     def _write(self, name: str, script: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+        # Dovecot reads the scripts as the mail user: whatever the umask (the CLI runs with
+        # 027), the directory must be readable and traversable by others.
+        if self.directory.stat().st_mode & 0o005 != 0o005:
+            os.chmod(self.directory, 0o755)
         target = self.path(name)
         fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
         try:

@@ -35,6 +35,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
 )
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
@@ -101,6 +102,13 @@ class RecipientVerdict(Base):
     reply_text: Mapped[str] = mapped_column(Text)
     downstream_reply: Mapped[str] = mapped_column(Text, default="")  # when delivered
     quarantine_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+# `lmtpfilter log --recipient` matches addresses case-insensitively (lmtpfilter/queries.py).
+# SQLite does not reflect expression indexes: Alembic's autogenerate cannot see this one, so
+# migration 0003 creates it by hand, and a batch (copy-and-move) migration of this table must
+# create it again.
+Index("ix_recipient_verdicts_address_lower", func.lower(RecipientVerdict.address))
 
 
 class QuarantineRecord(Base):

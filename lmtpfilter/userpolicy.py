@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .addresses import domain_of
+from .addresses import base_address, domain_of
 from .config import PolicyConfig, per_user_options
 from .options import InvalidValue, UserKind, key_of, parse_user_value, user_kind
 from .policy import RecipientPolicy
@@ -64,7 +64,7 @@ def merge(config: PolicyConfig, address: str, rows: Mapping[str, UserPolicy],
     in the log, and the recipient keeps the policy it would have without that row.
     """
     policy = RecipientPolicy.of(config, address)
-    for key in ("@" + domain_of(address), address.lower()):
+    for key in reversed(keys_for(address, config.recipient_delimiter)):  # widest first
         row = rows.get(key)
         if row is None:
             continue
@@ -77,10 +77,14 @@ def merge(config: PolicyConfig, address: str, rows: Mapping[str, UserPolicy],
     return policy
 
 
-def keys_for(address: str) -> list[str]:
-    """The rows that apply to an address ("user@dom", "@dom") or to a domain ("@dom")."""
+def keys_for(address: str, delimiter: str = "") -> list[str]:
+    """The rows that apply to an address, most specific first: "alice+lists@dom", then
+    "alice@dom" (with a recipient delimiter), then "@dom"; or to a domain: "@dom"."""
     a = address.lower()
-    return [a] if a.startswith("@") else [a, "@" + domain_of(a)]
+    if a.startswith("@"):
+        return [a]
+    keys = [a, base_address(a, delimiter), "@" + domain_of(a)]
+    return list(dict.fromkeys(keys))
 
 
 def effective(config: PolicyConfig, key: str, rows: Mapping[str, UserPolicy],
@@ -89,8 +93,8 @@ def effective(config: PolicyConfig, key: str, rows: Mapping[str, UserPolicy],
     return merge(config, "postmaster" + key if key.startswith("@") else key, rows, strict)
 
 
-def rows_for(session: Session, key: str) -> dict[str, UserPolicy]:
-    return _rows(session, keys_for(key))
+def rows_for(session: Session, key: str, delimiter: str = "") -> dict[str, UserPolicy]:
+    return _rows(session, keys_for(key, delimiter))
 
 
 class DbPolicies:
@@ -114,7 +118,8 @@ class DbPolicies:
             else:
                 missing.append(a)
         if missing:
-            keys = sorted({k for a in missing for k in keys_for(a)})
+            delimiter = self.config.recipient_delimiter
+            keys = sorted({k for a in missing for k in keys_for(a, delimiter)})
             rows = await self.store.run(lambda s: _rows(s, keys), durable=False)
             for a in missing:
                 result[a] = merge(self.config, a, rows)
@@ -165,7 +170,8 @@ def set_overrides(config: PolicyConfig, session: Session, address: str,
             UserPolicy.address.endswith(key, autoescape=True),
             UserPolicy.address != key)).all()
     for target in affected:
-        effective(config, target, rows_for(session, target), strict=True)
+        effective(config, target, rows_for(session, target, config.recipient_delimiter),
+                  strict=True)
     return row
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from lmtpfilter.config import PolicyConfig
+from lmtpfilter.addresses import AddressList
+from lmtpfilter.config import PolicyConfig, from_mapping
 from lmtpfilter.options import declared
 from lmtpfilter.policy import Action, Category, RecipientPolicy, decide
 from lmtpfilter.scanresult import ScanResult, SpamResult, Status, VirusResult
@@ -41,8 +42,10 @@ def unfold(field: bytes) -> str:
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_decide(case: dict[str, Any]) -> None:
-    # The case's policy goes in as per-user overrides would: through the key's validator.
-    policy = RecipientPolicy.of(PolicyConfig(), "rcpt@example.org").overridden(
+    # The case's [policy] section as a config file gives it, then its per-user overrides
+    # through the keys' own validators, for the case's recipient.
+    section = from_mapping({"policy": case.get("config", {})}).policy
+    policy = RecipientPolicy.of(section, case.get("recipient", "rcpt@example.org")).overridden(
         {k: validate_override(k, v) for k, v in case.get("policy", {}).items()})
     decision = decide(ScanResult(virus(case["virus"]), spam(case["spam"])), policy,
                       "lmtpfilter at mx.test")
@@ -74,8 +77,8 @@ def test_folded_status_lines_stay_short() -> None:
 
 
 def test_recipient_policy_resolves_bypass_lists() -> None:
-    cfg = PolicyConfig(bypass_spam_checks=("@example.org",),
-                       bypass_virus_checks=("abuse@example.net",))
+    cfg = PolicyConfig(bypass_spam_checks=AddressList(["@example.org"]),
+                       bypass_virus_checks=AddressList(["abuse@example.net"]))
     a = RecipientPolicy.of(cfg, "Someone@Example.org")
     b = RecipientPolicy.of(cfg, "abuse@example.net")
     assert (a.listed(a.bypass_spam_checks), a.listed(a.bypass_virus_checks)) == (True, False)
@@ -83,7 +86,7 @@ def test_recipient_policy_resolves_bypass_lists() -> None:
 
 
 def test_a_membership_override_wins_over_the_list() -> None:
-    cfg = PolicyConfig(bypass_spam_checks=("@example.org",))
+    cfg = PolicyConfig(bypass_spam_checks=AddressList(["@example.org"]))
     out = RecipientPolicy.of(cfg, "Boss@Example.org").overridden({"bypass_spam_checks": False})
     into = RecipientPolicy.of(cfg, "x@other.net").overridden({"bypass_spam_checks": True})
     assert not out.listed(out.bypass_spam_checks)

@@ -294,11 +294,18 @@ async def test_downstream_on_a_unix_socket(tmp_path: Path) -> None:
     assert codes(result) == ["250 2.0.0"] * 3
 
 
-async def test_local_domains_checked_at_rcpt(fake: FakeDownstream) -> None:
-    cfg = make_config(fake.address, policy={"local_domains": ["example.org", "@Example.NET"]})
+async def test_non_local_recipients_are_refused_at_rcpt_only_when_asked(
+        fake: FakeDownstream) -> None:
     rcpts = ["a@example.org", "b@elsewhere.test", "c@EXAMPLE.net"]
+    lists: dict[str, object] = {"local_domains": ["example.org", "@Example.NET"]}
+    # amavis's meaning by default: outside local_domains is not refused (only untagged).
+    async with running_filter(make_config(fake.address, policy=lists)) as (address, _, _):
+        result = await lmtp_session(address, "s@x.net", rcpts, MSG)
+    assert [r[:3] for r in result.rcpt_replies] == ["250"] * 3
+    assert fake.transactions[0].recipients == rcpts
+    cfg = make_config(fake.address, policy={**lists, "refuse_non_local": True})
     async with running_filter(cfg) as (address, _, _):
         result = await lmtp_session(address, "s@x.net", rcpts, MSG)
     assert result.rcpt_replies[1].startswith("550 5.1.2")
     assert [r[:3] for r in result.data_replies] == ["250", "250"]
-    assert fake.transactions[0].recipients == ["a@example.org", "c@EXAMPLE.net"]
+    assert fake.transactions[1].recipients == ["a@example.org", "c@EXAMPLE.net"]
