@@ -101,7 +101,7 @@ async def drive_scanners(clamd: ClamdScanner | None, spamd: SpamdScanner | None,
             if clamd:
                 jobs.append(clamd.scan(data))
             if spamd:
-                jobs.append(spamd.check(data))
+                jobs.append(spamd.check(data, "sender@example.net"))
             for result in await asyncio.gather(*jobs):
                 assert result.status.value in ("clean", "scored"), result
 

@@ -63,7 +63,8 @@ def build(config: Config) -> Services:
     ]
     pipeline = Pipeline(Downstream(config.downstream, hostname), hostname, stages,
                         Recorder(store, hostname))
-    return Services(store, pipeline, Outbox(store, config.notify, config.notify.interval))
+    return Services(store, pipeline,
+                    Outbox(store, config.notify, config.notify.interval, hostname))
 
 
 async def quarantine_gauges(store: Store, interval: float = 15.0) -> None:

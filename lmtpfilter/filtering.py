@@ -29,7 +29,9 @@ class VirusScanner(Protocol):
 
 
 class SpamScanner(Protocol):
-    async def check(self, data: bytes) -> SpamResult: ...
+    # The envelope sender ("" or "<>" for the null sender): SPF checks it, not the From
+    # field (RFC 7208 §2.4), and so do SpamAssassin's rules on EnvelopeFrom.
+    async def check(self, data: bytes, envelope_sender: str) -> SpamResult: ...
 
 
 class FilterStage:
@@ -47,7 +49,7 @@ class FilterStage:
         policies = await self.policies.lookup(r.address for r in recipients)
         need_virus = any(not p.listed(p.bypass_virus_checks) for p in policies.values())
         need_spam = any(not p.listed(p.bypass_spam_checks) for p in policies.values())
-        tx.scan = await self.scan(tx.message.data, need_virus, need_spam)
+        tx.scan = await self.scan(tx.message.data, tx.sender, need_virus, need_spam)
         for name, status, seconds in (("clamav", tx.scan.virus.status, tx.scan.virus.seconds),
                                       ("spamassassin", tx.scan.spam.status,
                                        tx.scan.spam.seconds)):
@@ -65,10 +67,11 @@ class FilterStage:
             r.decision = decide(tx.scan, r.policy, self.x_header_line)
             self.apply(r, r.decision, forged, tx.scan)
 
-    async def scan(self, data: bytes, need_virus: bool, need_spam: bool) -> ScanResult:
+    async def scan(self, data: bytes, sender: str, need_virus: bool, need_spam: bool
+                   ) -> ScanResult:
         """Both scans in parallel; a scan nobody needs (or that is disabled) is not run."""
         virus = self.clamd.scan(data) if self.clamd and need_virus else None
-        spam = self.spamd.check(data) if self.spamd and need_spam else None
+        spam = self.spamd.check(data, sender) if self.spamd and need_spam else None
         if virus and spam:
             v, s = await asyncio.gather(virus, spam)
             return ScanResult(v, s)

@@ -5,14 +5,21 @@ background task sends the outbox over SMTP to ``[notify].smtp`` and retries with
 the MTA is unavailable. So a notification can never delay or fail mail delivery, and none is
 lost when the MTA is down. Templates are plain files (``Subject:`` line, blank line, body) with
 ``${name}`` placeholders; ``[notify].templates`` points to a directory of your own versions.
+
+Each notification is a proper SMTP message (RFC 5321 §2.3.8, §4.5.3.1.6; RFC 5322 §2.1.1): CRLF
+line endings only, lines of at most 998 octets, Date, Message-ID and ``Auto-Submitted:
+auto-generated`` (RFC 3834 §5), so strict MTAs (Postfix ``smtpd_forbid_bare_newline = yes``)
+take it. Every kind goes out with the null sender (see :data:`NULL_SENDER`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.policy
 import functools
 import logging
+import re
 import smtplib
 import string
 from email.message import EmailMessage
@@ -30,6 +37,19 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 30
 BATCH = 20
+
+# The envelope sender of every notification. The admin and recipient notices are about someone
+# else's mail, and the sender notice is a non-delivery report: all are sent with the null
+# reverse-path (RFC 5321 §4.5.5, RFC 3834 §3.3), so that one that bounces cannot loop back.
+NULL_SENDER = ""
+
+# Building: quoted-printable lines of at most 76 characters (RFC 2045 §6.7). On the wire: CRLF,
+# header fields folded at 78 (RFC 5322 §2.1.1), non-ASCII text encoded (RFC 2047, QP).
+_BUILD_POLICY = email.policy.SMTP.clone(max_line_length=76)
+_WIRE_POLICY = email.policy.SMTP.clone(cte_type="7bit")
+MAX_LINE = 998  # octets without the CRLF (RFC 5321 §4.5.3.1.6, RFC 5322 §2.1.1)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
+_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def backoff(attempts: int, interval: float) -> dt.timedelta:
@@ -59,27 +79,34 @@ class Notifications:
         return sender if "@" in sender else f"{sender}@{self.hostname}"
 
     def render(self, name: str, to: str, values: dict[str, str]) -> str:
-        """A complete message: the template's Subject line and body, our headers."""
-        text = self.template(name).safe_substitute(values)
+        """A complete message, CRLF line endings: the template's Subject line and body, our
+        headers. A value cannot add a line or a header: its control characters become
+        spaces (a decoded Subject may hold a CR or LF)."""
+        safe = {key: _CONTROL.sub(" ", value) for key, value in values.items()}
+        text = self.template(name).safe_substitute(safe)
         first, _, body = text.partition("\n")
         subject = first[len("Subject:"):].strip() if first.lower().startswith("subject:") \
             else "lmtpfilter notification"
-        msg = EmailMessage()
+        msg = EmailMessage(policy=_BUILD_POLICY)
         msg["From"] = self.sender_address()
         msg["To"] = to
         msg["Subject"] = subject
         msg["Date"] = format_datetime(dt.datetime.now(dt.UTC))
         msg["Message-ID"] = make_msgid(domain=self.hostname)
-        msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
-        msg.set_content(body.lstrip("\n"))
-        return msg.as_string()
+        msg["Auto-Submitted"] = "auto-generated"  # RFC 3834 §5: no auto-replies to this
+        body = body.lstrip("\r\n")  # the blank line after Subject, whatever its ending
+        msg.set_content(body, cte=_transfer_encoding(body))
+        # A non-ASCII address cannot be RFC 2047-encoded: it needs SMTPUTF8 (RFC 6532 §3.2).
+        utf8 = not (to.isascii() and self.sender_address().isascii())
+        return msg.as_string(policy=_WIRE_POLICY.clone(utf8=utf8))
 
     def enqueue_quarantine(self, session: Session, record: QuarantineRecord,
                            recipients: list[str]) -> None:
         if not self.enabled:
             return
+        sender = _mailbox(record.sender)
         values = {
-            "id": record.id, "sender": record.sender or "(null sender)",
+            "id": record.id, "sender": sender or "(null sender)",
             "recipients": ", ".join(recipients), "subject": record.subject or "(none)",
             "reason": record.reason, "detail": record.detail,
             "virus": record.detail if record.reason == "virus" else "",
@@ -92,21 +119,52 @@ class Notifications:
             wanted += [("admin-virus", a) for a in self.config.admin]
         if self.config.recipient:
             wanted += [("recipient", r) for r in recipients]
-        if self.config.sender and record.sender:
-            wanted.append(("sender", record.sender))
+        if self.config.sender and sender:
+            wanted.append(("sender", sender))
         for kind, to in wanted:
             session.add(Notification(created_at=now, kind=kind, to_address=to,
                                      message=self.render(kind, to, values), attempts=0,
                                      next_attempt_at=now, last_error=""))
 
 
+def _mailbox(sender: str) -> str:
+    """The envelope sender without brackets; "" for the null sender ("<>" or "")."""
+    return sender.removeprefix("<").removesuffix(">")
+
+
+def _transfer_encoding(body: str) -> str:
+    """7bit for plain ASCII in lines of at most 998 octets (readable as is); otherwise
+    quoted-printable, which keeps every line short (RFC 2045 §6.7)."""
+    if body.isascii() and all(len(line) <= MAX_LINE for line in body.splitlines()):
+        return "7bit"
+    return "quoted-printable"
+
+
+def wire_bytes(message: str) -> bytes:
+    """The message as SMTP sends it: every line ending CRLF (RFC 5321 §2.3.8). Also mends
+    rows enqueued by older versions with bare LF."""
+    return _ANY_LINE_END.sub(b"\r\n", message.encode("utf-8"))
+
+
+def mail_options(to: str, wire: bytes) -> list[str]:
+    """MAIL FROM parameters: SMTPUTF8 for a non-ASCII address, in the envelope or the header
+    (RFC 6531 §3.4); 8BITMIME for 8-bit content (RFC 6152: only rows enqueued by older
+    versions have any, new bodies are 7-bit)."""
+    header = wire.partition(b"\r\n\r\n")[0]
+    if not (to.isascii() and header.isascii()):
+        return ["SMTPUTF8", "BODY=8BITMIME"]
+    return [] if wire.isascii() else ["BODY=8BITMIME"]
+
+
 class Outbox:
     """Sends due notifications; runs as a background task of `serve`."""
 
-    def __init__(self, store: Store, config: NotifyConfig, interval: float = 5.0) -> None:
+    def __init__(self, store: Store, config: NotifyConfig, interval: float = 5.0,
+                 hostname: str = "localhost") -> None:
         self.store = store
         self.config = config
         self.interval = interval
+        self.hostname = hostname  # our EHLO name (RFC 5321 §4.1.1.1: the client's FQDN)
 
     async def run_forever(self) -> None:
         while True:
@@ -138,13 +196,13 @@ class Outbox:
     def _send(self, to: str, message: str) -> str:
         smtp = self.config.smtp
         assert smtp is not None
+        wire = wire_bytes(message)
         try:
             with smtplib.SMTP(smtp.host, smtp.port, timeout=30,
-                              local_hostname="localhost") as client:
-                # The null sender: a notification that bounces must not loop back.
-                client.sendmail("", [to], message.encode("utf-8"))
+                              local_hostname=self.hostname) as client:
+                client.sendmail(NULL_SENDER, [to], wire, mail_options=mail_options(to, wire))
             return ""
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException, UnicodeError) as exc:
             return str(exc) or exc.__class__.__name__
 
 

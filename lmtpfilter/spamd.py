@@ -3,6 +3,12 @@
 REPORT gives both the verdict line (``Spam: True ; 7.2 / 5.0``) and the report table with each
 rule's score, which the amavis-style ``tests=[GTUBE=1000, ...]`` needs; SYMBOLS would give the
 names only. Parsing is pure and table-tested; the client never raises for spamd trouble.
+
+spamd gets the envelope sender too, which SPF and welcome/block lists by envelope need: the
+message goes with a ``Return-Path:`` and an ``X-Envelope-From:`` field on top (what an MDA
+adds, and what amavisd-new sends), which SpamAssassin reads as its ``EnvelopeFrom``
+(Mail::SpamAssassin::Conf, ``envelope_sender_header``). They go to spamd only: the delivered
+copy is built from the received message, never from this request.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Sequence
 
 from .config import SpamassassinConfig
 from .downstream import write_all
@@ -21,6 +28,36 @@ MAX_RESPONSE = 4 * 1024 * 1024
 _STATUS = re.compile(r"SPAMD/(\d+\.\d+) +(\d+) +(.*)")
 _SPAM = re.compile(r"(True|False|Yes|No) *; *(-?\d+(?:\.\d+)?) */ *(-?\d+(?:\.\d+)?)", re.I)
 _RULE = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s+([A-Za-z0-9_]+)\b")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def envelope_fields(sender: str, eol: bytes = b"\r\n") -> bytes:
+    """The fields put above the message for spamd: the envelope sender as ``Return-Path:``
+    (RFC 5321 §4.4) and ``X-Envelope-From:``, which SpamAssassin trusts on top of the message
+    (Mail::SpamAssassin::PerMsgStatus, get_envelope_from; or named by the site config's
+    ``envelope_sender_header``). The null sender is ``<>``. A sender that could break the
+    header (a control character) gives no fields: SpamAssassin then guesses, as before.
+    `eol` is the message's own line ending (SpamAssassin takes it from the first line)."""
+    mailbox = sender.removeprefix("<").removesuffix(">")  # "<>" or "": the null sender
+    if _CONTROL.search(mailbox):
+        return b""
+    path = f"<{mailbox}>".encode()
+    return b"Return-Path: " + path + eol + b"X-Envelope-From: " + path + eol
+
+
+def line_ending(data: bytes) -> bytes:
+    """The message's line ending, from its first line (only that line is looked at); CRLF,
+    as SMTP has it, when there is no line end at all."""
+    first = data.find(b"\n")
+    bare_lf = first == 0 or (first > 0 and data[first - 1] != 0x0D)
+    return b"\n" if bare_lf else b"\r\n"
+
+
+def request_head(content_length: int, user: str) -> bytes:
+    """The SPAMC/1.5 request line and headers; ``User:`` only when one is configured."""
+    user_line = f"User: {user}\r\n" if user else ""
+    return (f"REPORT SPAMC/1.5\r\nContent-length: {content_length}\r\n{user_line}"
+            "\r\n").encode()
 
 
 def parse_response(raw: bytes) -> SpamResult:
@@ -68,26 +105,29 @@ class SpamdScanner:
     def __init__(self, config: SpamassassinConfig) -> None:
         self.config = config
 
-    async def check(self, data: bytes) -> SpamResult:
-        """Score `data`; over max_size it is not sent (SKIPPED). Never raises."""
+    async def check(self, data: bytes, envelope_sender: str) -> SpamResult:
+        """Score `data`, sent by `envelope_sender` ("" or "<>": the null sender); over
+        max_size it is not sent (SKIPPED). Never raises."""
         if len(data) > self.config.max_size:
             return SpamResult(Status.SKIPPED, error=f"message over {self.config.max_size} bytes")
         started = time.monotonic()
-        result = await guarded(self._request(self.config.address, data), self.config.timeout,
-                               f"spamd at {self.config.address}",
+        # The envelope goes as one more small chunk in front: the message is never copied.
+        envelope = envelope_fields(envelope_sender, line_ending(data))
+        head = request_head(len(envelope) + len(data), self.config.user)
+        result = await guarded(self._request(self.config.address, [head + envelope, data]),
+                               self.config.timeout, f"spamd at {self.config.address}",
                                lambda why: SpamResult(Status.ERROR, error=why))
         return SpamResult(result.status, result.score, result.required, result.rules,
                           result.error, time.monotonic() - started)
 
     @staticmethod
-    async def _request(address: Address, data: bytes) -> SpamResult:
+    async def _request(address: Address, request: Sequence[bytes]) -> SpamResult:
         if address.is_unix:
             reader, writer = await asyncio.open_unix_connection(address.path)
         else:
             reader, writer = await asyncio.open_connection(address.host, address.port)
         try:
-            await write_all(writer, [
-                f"REPORT SPAMC/1.5\r\nContent-length: {len(data)}\r\n\r\n".encode(), data])
+            await write_all(writer, request)
             if writer.can_write_eof():
                 writer.write_eof()
             raw = await reader.read(MAX_RESPONSE)

@@ -52,6 +52,8 @@ from tests.harness.daemons import (
 __all__ = [
     "CLAMAV_TESTFILES",
     "EICAR",
+    "ENVELOPE_TEST_RULE",
+    "ENVELOPE_TEST_SENDER",
     "GTUBE",
     "Clamd",
     "Spamd",
@@ -404,6 +406,16 @@ def start_clamd(
 
 SPAMD_USER = "nobody"
 SPAMD_LOCAL_CF = (REPO / "scripts" / "conf" / "spamd-local.cf").read_text()
+ENVELOPE_TEST_SENDER = "envelope-test@example.net"
+ENVELOPE_TEST_RULE = "LMTPF_ENVFROM_TEST"
+# Test-only rules, in a file of their own beside local.cf (so not in the sandbox). The rule
+# tests SpamAssassin's EnvelopeFrom pseudo-header, the address SPF checks: a hit shows which
+# envelope sender SpamAssassin settled on (tests/integration/test_scanning.py).
+SPAMD_TEST_CF = f"""\
+header {ENVELOPE_TEST_RULE} EnvelopeFrom =~ /^envelope-test\\@example\\.net$/
+describe {ENVELOPE_TEST_RULE} The envelope sender is {ENVELOPE_TEST_SENDER}
+score {ENVELOPE_TEST_RULE} 0.1
+"""
 
 
 @dataclass
@@ -454,6 +466,7 @@ def start_spamd(base: Path, *, port: int | None = None, children: int = 2) -> Sp
     for pre in sorted(Path("/etc/spamassassin").glob("*.pre")):
         shutil.copy(pre, site / pre.name)
     (site / "local.cf").write_text(SPAMD_LOCAL_CF)
+    (site / "lmtpfilter-tests.cf").write_text(SPAMD_TEST_CF)
     (d / "spamd.pid").unlink(missing_ok=True)
     args = [
         _which("spamd"),

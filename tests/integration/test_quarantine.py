@@ -97,6 +97,10 @@ async def test_virus_quarantined_once_notified_and_released(
     assert sorted(r for m in got for r in m.recipients) == sorted(["admin@example.org", U1, U2])
     assert all(qid.encode() in m.data for m in got)
     assert all(m.sender in ("", "<>") for m in got)  # null sender: no bounce loops
+    for m in got:  # proper SMTP messages (RFC 5321 §2.3.8, RFC 3834 §5)
+        assert not any(b"\r" in line or b"\n" in line for line in m.data.split(b"\r\n"))
+        assert b"\r\nAuto-Submitted: auto-generated\r\n" in m.data
+        assert b"\r\nMessage-ID: <" in m.data and b"\r\nDate: " in m.data
     # list / show
     listed = cli(proc, "quarantine", "list")
     assert listed.returncode == 0 and qid in listed.stdout and "virus" in listed.stdout

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -12,7 +14,16 @@ import pytest
 
 from tests.conftest import FilterProcess, filter_config, new_workdir
 from tests.harness.daemons import Dovecot, free_port
-from tests.harness.scanners import CLAMAV_TESTFILES, EICAR, GTUBE, Clamd, Spamd, slow_tcp_server
+from tests.harness.scanners import (
+    CLAMAV_TESTFILES,
+    EICAR,
+    ENVELOPE_TEST_RULE,
+    ENVELOPE_TEST_SENDER,
+    GTUBE,
+    Clamd,
+    Spamd,
+    slow_tcp_server,
+)
 from tests.lmtp_tools import lmtp_session
 
 pytestmark = pytest.mark.integration
@@ -37,12 +48,13 @@ def message(subject: str, body: str = "Hello, see you tomorrow.\n",
 
 def start(factory: type[FilterProcess], base: Path, dovecot: Dovecot, clamav: str,
           spamd: str, policy: str = "", spam_timeout: str = "30s",
-          clam_timeout: str = "30s") -> FilterProcess:
+          clam_timeout: str = "30s", spamd_user: str = "") -> FilterProcess:
     listen = f"127.0.0.1:{free_port()}"
     text = filter_config(
         f"127.0.0.1:{dovecot.lmtp_port}", [listen],
         clamav=f'enabled = true\naddress = "{clamav}"\ntimeout = "{clam_timeout}"',
-        spamassassin=f'enabled = true\naddress = "{spamd}"\ntimeout = "{spam_timeout}"',
+        spamassassin=(f'enabled = true\naddress = "{spamd}"\ntimeout = "{spam_timeout}"\n'
+                      f'user = "{spamd_user}"'),
         policy=policy)
     return factory(new_workdir(base, "scan"), text, listen).start()
 
@@ -103,6 +115,55 @@ async def test_gtube_is_tagged_spam(scanning: FilterProcess, dovecot: Dovecot) -
     assert "GTUBE=1000" in got["X-Spam-Status"]
     assert got["Subject"] == "[SPAM] cheap watches"
     assert got["X-Virus-Scanned"] == "lmtpfilter at filter.test"
+
+
+def stored_copy(dovecot: Dovecot, user: str, before: set[bytes]) -> bytes:
+    """The raw bytes of the one message that arrived since `before`."""
+    stored = dovecot.wait_for_messages(user, len(before) + 1)
+    [new] = [m for m in stored if m not in before]
+    return new
+
+
+@pytest.mark.parametrize(("envelope_sender", "hit"), [
+    (ENVELOPE_TEST_SENDER, True),
+    ("someone-else@example.net", False),
+])
+async def test_spamd_sees_the_envelope_sender(scanning: FilterProcess, dovecot: Dovecot,
+                                              envelope_sender: str, hit: bool) -> None:
+    """SpamAssassin's EnvelopeFrom (what SPF checks) is the MAIL FROM, not a Return-Path or
+    X-Envelope-From the message itself carries; and what we add for spamd is not delivered."""
+    user = "user2@example.org"
+    # The message from another sender claims the test address in fields of its own.
+    own_fields = b"" if hit else (f"Return-Path: <{ENVELOPE_TEST_SENDER}>\r\n"
+                                  f"X-Envelope-From: <{ENVELOPE_TEST_SENDER}>\r\n").encode()
+    before = snapshot(dovecot, user)
+    result = await lmtp_session(scanning.listen, envelope_sender, [user],
+                                own_fields + message(f"envelope {envelope_sender}"))
+    assert result.data_replies[0].startswith("250 2.0.0"), result.data_replies
+    raw = stored_copy(dovecot, user, before)
+    status = email.message_from_bytes(raw, policy=email.policy.default)["X-Spam-Status"]
+    assert (f"{ENVELOPE_TEST_RULE}=" in status) is hit, status
+    # Only Dovecot's own Return-Path (RFC 5321 §4.4) and the sender's fields, if any: none of
+    # the fields we put on top for spamd reach the mailbox.
+    header = raw.split(b"\n\n", 1)[0]
+    assert header.count(b"X-Envelope-From:") == own_fields.count(b"X-Envelope-From:")
+    assert header.count(b"Return-Path:") == 1 + own_fields.count(b"Return-Path:")
+    assert header.startswith(f"Return-Path: <{envelope_sender}>".encode())
+
+
+async def test_spamd_user_header_when_configured(
+        filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot,
+        clamd: Clamd, spamd: Spamd) -> None:
+    """`[spamassassin] user` is sent as spamd's User: (spamd logs whose check it was)."""
+    proc = start(filter_process, daemon_base, dovecot, f"unix:{clamd.socket_path}",
+                 f"127.0.0.1:{spamd.port}", spamd_user="lmtpf-prefs")
+    result = await lmtp_session(proc.listen, "s@example.net", ["user3@example.org"],
+                                message("per-user preferences"))
+    assert result.data_replies[0].startswith("250 2.0.0")
+    deadline = time.monotonic() + 10  # spamd may log its result line after answering
+    while "user=lmtpf-prefs," not in spamd.log_text() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert "user=lmtpf-prefs," in spamd.log_text()
 
 
 @pytest.mark.parametrize(("sample", "flag"), [("sample-spam.txt", "YES"),

@@ -41,7 +41,7 @@ class Spam:
         self.result = result
         self.calls = 0
 
-    async def check(self, data: bytes) -> SpamResult:
+    async def check(self, data: bytes, envelope_sender: str) -> SpamResult:
         self.calls += 1
         return self.result
 
