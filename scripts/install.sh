@@ -4,17 +4,21 @@
 #
 #   creates the system user and group `lmtpfilter` (and adds `postfix` to the group, for the
 #     unix socket);
-#   installs lmtpfilter into a virtualenv in /opt/lmtpfilter/venv;
+#   installs lmtpfilter into a virtualenv in /opt/lmtpfilter/venv, and links `lmtpfilter` and
+#     `lmtpfilter-janitor` into /usr/local/bin (on root's PATH);
 #   /etc/lmtpfilter/lmtpfilter.toml from etc/lmtpfilter.toml if there is none (root:lmtpfilter
 #     0640); /var/lib/lmtpfilter (0751: Dovecot must reach sieve/) with sieve/ (0755) and
 #     quarantine/ (0700);
-#   runs `lmtpfilter db upgrade` and `lmtpfilter sieve sync` as lmtpfilter;
-#   installs the systemd units (and reloads systemd when it runs). It enables nothing: see the
-#     README for `systemctl enable --now lmtpfilter lmtpfilter-janitor.timer`.
+#   gives back to lmtpfilter what a command run as root by an older version left to root there
+#     (the service could not write it), then runs `lmtpfilter db upgrade` and `lmtpfilter sieve
+#     sync` as lmtpfilter;
+#   installs the systemd units (and reloads systemd when it runs). It enables nothing: the
+#     README's production guide says when to `systemctl enable --now lmtpfilter
+#     lmtpfilter-janitor.timer`.
 #
 # The locations can be moved for tests: LMTPFILTER_PREFIX (/opt/lmtpfilter), LMTPFILTER_ETC
 # (/etc/lmtpfilter), LMTPFILTER_STATE (/var/lib/lmtpfilter), LMTPFILTER_UNITS
-# (/etc/systemd/system).
+# (/etc/systemd/system), LMTPFILTER_BIN (/usr/local/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/debian-packages.sh
@@ -23,6 +27,7 @@ PREFIX=${LMTPFILTER_PREFIX:-/opt/lmtpfilter}
 ETC=${LMTPFILTER_ETC:-/etc/lmtpfilter}
 STATE=${LMTPFILTER_STATE:-/var/lib/lmtpfilter}
 UNITS=${LMTPFILTER_UNITS:-/etc/systemd/system}
+BIN=${LMTPFILTER_BIN:-/usr/local/bin}
 USER_NAME=lmtpfilter
 
 [ "$(id -u)" -eq 0 ] || { echo "install.sh: run as root" >&2; exit 2; }
@@ -32,6 +37,7 @@ if ! getent passwd "$USER_NAME" > /dev/null; then
   useradd --system --gid "$USER_NAME" --home-dir "$STATE" --no-create-home \
           --shell /usr/sbin/nologin "$USER_NAME"
 fi
+# Postfix's delivery agents keep the postfix user's groups: this one opens the socket to them.
 if getent passwd postfix > /dev/null; then usermod -aG "$USER_NAME" postfix; fi
 
 # Debian's own Python: the service user must be able to run it (a Python under /root would
@@ -39,6 +45,10 @@ if getent passwd postfix > /dev/null; then usermod -aG "$USER_NAME" postfix; fi
 install_debian_packages python3 python3-venv
 mkdir -p "$PREFIX"
 PYTHON=/usr/bin/python3 make_venv "$PREFIX/venv" --upgrade .
+mkdir -p "$BIN"
+for command in lmtpfilter lmtpfilter-janitor; do
+  ln -sfn "$PREFIX/venv/bin/$command" "$BIN/$command"
+done
 
 install -d -m 0750 -o root -g "$USER_NAME" "$ETC"
 CONFIG=$ETC/lmtpfilter.toml
@@ -51,6 +61,11 @@ fi
 install -d -m 0751 -o "$USER_NAME" -g "$USER_NAME" "$STATE"
 install -d -m 0755 -o "$USER_NAME" -g "$USER_NAME" "$STATE/sieve"
 install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "$STATE/quarantine"
+# Before this version, `lmtpfilter db upgrade` or `lmtpfilter-janitor run` started by root made
+# root's files here (0644): the service, which runs as lmtpfilter, could then not write them.
+# Commands now switch to lmtpfilter first (lmtpfilter/privileges.py); repair what is left.
+find "$STATE" -xdev ! -user "$USER_NAME" -exec chown -h "$USER_NAME:$USER_NAME" {} +
+find "$STATE" -xdev -maxdepth 1 -name 'lmtpfilter.db*' -perm /o=rwx -exec chmod o-rwx {} +
 
 run_as() { runuser -u "$USER_NAME" -- env LMTPFILTER_CONFIG="$CONFIG" "$@"; }
 run_as "$PREFIX/venv/bin/lmtpfilter" check-config > /dev/null
@@ -64,4 +79,4 @@ for unit in systemd/*; do
   chmod 0644 "$UNITS/$(basename "$unit")"
 done
 if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-echo "lmtpfilter installed in $PREFIX; next: systemctl enable --now lmtpfilter lmtpfilter-janitor.timer"
+echo "lmtpfilter installed in $PREFIX ($BIN/lmtpfilter); next: the README's production guide, step 2"
