@@ -8,14 +8,17 @@ numeric comparison of X-Spam-Score: ``i;ascii-numeric`` reads "-1.3" as infinity
     inbox    if header :is "X-Spam-Flag" "YES" { fileinto "INBOX"; stop; }
     discard  if header :is "X-Spam-Flag" "YES" { discard; stop; }
 
-("inbox" files explicitly so that, in Dovecot's sieve_before sequence, the default script for
-everyone else does not run after it; see the README.) Scripts are written with sievelib's
+("inbox" files explicitly so that, in Dovecot's chain of before-scripts, the default script
+for everyone else does not run after it; see the README.) Scripts are written with sievelib's
 FiltersSet (>= 1.6.0 escapes quotes), parsed back with sievelib's parser as a check, and the
-folder name is validated first: a hostile name can only ever be a folder name.
+folder name is validated first: a hostile name can only ever be a folder name. They use only
+RFC 5228 and the fileinto/mailbox extensions, so Pigeonhole 0.5 (Dovecot 2.3) and 2.4 compile
+them alike (tests/unit/test_sieve_generation.py runs the installed sievec).
 
 Installers: ``directory`` (one file per user, atomic, compiled with sievec when present; Dovecot
-``sieve_before``), ``managesieve`` (PUTSCRIPT per user through a master/admin login with the
-user as SASL authorization identity; Cyrus has no sieve_before), ``none``.
+2.3's ``sieve_before`` or 2.4's ``sieve_script { type = before }``, from the files in
+scripts/conf/dovecot-*/), ``managesieve`` (PUTSCRIPT per user through a master/admin login with
+the user as SASL authorization identity; Cyrus has no before-scripts), ``none``.
 """
 
 from __future__ import annotations
@@ -126,8 +129,15 @@ def _safe_address(address: str) -> str:
     return a
 
 
+def sievec() -> str | None:
+    """Pigeonhole's compiler, if installed (Debian: /usr/bin/sievec, also when not on PATH)."""
+    return shutil.which("sievec") or ("/usr/bin/sievec" if Path("/usr/bin/sievec").exists()
+                                      else None)
+
+
 class DirectoryInstaller:
-    """<directory>/<address>.sieve for Dovecot's sieve_before = <directory>/%u.sieve."""
+    """<directory>/<address>.sieve for Dovecot's before-scripts: <directory>/%u.sieve (2.3's
+    sieve_before), <directory>/%{user}.sieve (2.4's sieve_script of type before)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -158,12 +168,12 @@ class DirectoryInstaller:
     @staticmethod
     def _compile(target: Path) -> None:
         """Precompile so that Dovecot needs no write access here (it would otherwise log
-        "binary save failed" and compile on every delivery)."""
-        sievec = shutil.which("sievec") or ("/usr/bin/sievec" if Path("/usr/bin/sievec")
-                                            .exists() else None)
-        if sievec is None:
+        "binary save failed" and compile on every delivery). Dovecot 2.3 and 2.4 both look for
+        the binary beside a script given as a file: <name>.svbin, newer than <name>.sieve."""
+        compiler = sievec()
+        if compiler is None:
             return
-        result = subprocess.run([sievec, str(target)], capture_output=True, text=True,
+        result = subprocess.run([compiler, str(target)], capture_output=True, text=True,
                                 timeout=60)
         if result.returncode != 0:
             raise SieveError(f"sievec {target}: {result.stderr.strip() or result.stdout}")

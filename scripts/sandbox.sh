@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # A complete local sandbox for trying lmtpfilter on a fresh Debian 12 machine, as root:
 # installs the Debian packages and lmtpfilter (virtualenv in /opt/lmtpfilter), starts a
-# throwaway Dovecot (LMTP + Sieve) on loopback and lmtpfilter in front of it, sends one test
+# throwaway Dovecot (LMTP + Sieve + ManageSieve; 2.3 or 2.4, configured from the files in
+# scripts/conf/dovecot-*) on loopback and lmtpfilter in front of it, sends one test
 # message through, and prints how to send more. Nothing of the system's mail setup is used.
 #
 #   usage: scripts/sandbox.sh [up|down|status]      (state in /var/tmp/lmtpfilter-sandbox)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/debian-packages.sh
+source scripts/conf/dovecot.sh
 
 ROOT=${LMTPFILTER_SANDBOX:-/var/tmp/lmtpfilter-sandbox}
 PREFIX=${LMTPFILTER_PREFIX:-/opt/lmtpfilter}
 FILTER_PORT=10024          # where you (or Postfix) talk LMTP to lmtpfilter
 DOVECOT_LMTP_PORT=11024    # the sandbox's final delivery server
-DOVECOT_SIEVE_PORT=11190
+DOVECOT_SIEVE_PORT=11190   # its ManageSieve, with a master user:
+MASTER_USER=admin
+MASTER_PASSWORD=adminsecret
 SPAMD_PORT=11783
 SMTP_PORT=2525             # the sandbox's Postfix: SMTP in, LMTP to lmtpfilter
 USERS=(alice@example.org bob@example.org postmaster@example.org)
@@ -54,59 +58,26 @@ wait_banner() {  # wait_banner PORT EXPECTED_PREFIX
 }
 
 start_dovecot() {
-  local d=$ROOT/dovecot uid gid
+  # The tests' standalone Dovecot (scripts/conf/dovecot-<2.3|2.4>/standalone.conf, for the
+  # installed version) with the production snippets beside it, as tests/harness/daemons.py
+  # writes them: the sandbox's paths instead of /var/lib/lmtpfilter/sieve and
+  # /etc/dovecot/master-users.
+  local d=$ROOT/dovecot uid gid conf
+  conf=scripts/conf/dovecot-$(dovecot_series)
   uid=$(id -u nobody); gid=$(getent group nogroup | cut -d: -f3)
-  mkdir -p "$d"/{run,state,log,mail,sieve-before,sieve-bin}
+  mkdir -p "$d"/{run,state,log,mail,sieve-before}
   chmod 755 "$ROOT" "$d"
-  chown "$uid:$gid" "$d/mail" "$d/sieve-bin"
+  chown "$uid:$gid" "$d/mail"
   : > "$d/users"
   for u in "${USERS[@]}"; do printf '%s:{PLAIN}secret::::::\n' "$u" >> "$d/users"; done
-  cat > "$d/dovecot.conf" <<CONF
-# lmtpfilter sandbox: a standalone Dovecot on loopback (nothing from /etc/dovecot)
-instance_name = lmtpfilter-sandbox
-base_dir = $d/run
-state_dir = $d/state
-log_path = $d/log/dovecot.log
-protocols = lmtp sieve
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-hostname = mx.example.org
-postmaster_address = postmaster@example.org
-mail_location = maildir:~/Maildir
-passdb {
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u $d/users
-}
-userdb {
-  driver = passwd-file
-  args = username_format=%u $d/users
-  default_fields = uid=$uid gid=$gid home=$d/mail/%d/%n
-}
-service lmtp {
-  inet_listener lmtp {
-    address = 127.0.0.1
-    port = $DOVECOT_LMTP_PORT
-  }
-}
-service managesieve-login {
-  inet_listener sieve {
-    address = 127.0.0.1
-    port = $DOVECOT_SIEVE_PORT
-  }
-}
-protocol lmtp {
-  mail_plugins = \$mail_plugins sieve
-}
-plugin {
-  sieve = file:~/sieve;active=~/.dovecot.sieve
-  # lmtpfilter's per-user spam destiny scripts: the user's, the domain's, the default
-  sieve_before = file:$d/sieve-before/%u.sieve
-  sieve_before2 = file:$d/sieve-before/@%d.sieve
-  sieve_before3 = file:$d/sieve-before/default.sieve
-}
-CONF
+  printf '%s:{PLAIN}%s\n' "$MASTER_USER" "$MASTER_PASSWORD" > "$d/masters"
+  sed "s#/var/lib/lmtpfilter/sieve#$d/sieve-before#g" "$conf/lmtpfilter-sieve.conf" \
+    > "$d/lmtpfilter-sieve.conf"
+  sed "s#/etc/dovecot/master-users#$d/masters#g" "$conf/lmtpfilter-master-user.conf" \
+    > "$d/lmtpfilter-master-user.conf"
+  sed -e "s#{dir}#$d#g" -e "s#{instance}#lmtpfilter-sandbox#g" \
+      -e "s#{lmtp_port}#$DOVECOT_LMTP_PORT#g" -e "s#{sieve_port}#$DOVECOT_SIEVE_PORT#g" \
+      -e "s#{uid}#$uid#g" -e "s#{gid}#$gid#g" "$conf/standalone.conf" > "$d/dovecot.conf"
   doveconf -c "$d/dovecot.conf" -n > /dev/null
   setsid dovecot -F -c "$d/dovecot.conf" > "$d/log/stdout" 2>&1 < /dev/null &
   wait_banner "$DOVECOT_LMTP_PORT" 220
@@ -284,7 +255,9 @@ alice's Maildir.
   Postfix     SMTP on 127.0.0.1:$SMTP_PORT (example.org only; log $ROOT/postfix/maillog)
   lmtpfilter  LMTP on 127.0.0.1:$FILTER_PORT   config $ROOT/lmtpfilter.toml
               log $ROOT/lmtpfilter.log
-  Dovecot     LMTP on 127.0.0.1:$DOVECOT_LMTP_PORT (users: ${USERS[*]}, password "secret")
+  Dovecot     $(dovecot --version | cut -d' ' -f1), LMTP on 127.0.0.1:$DOVECOT_LMTP_PORT   config $ROOT/dovecot/dovecot.conf
+              users ${USERS[*]}, password "secret"
+              ManageSieve on 127.0.0.1:$DOVECOT_SIEVE_PORT, also as master user $MASTER_USER ("$MASTER_PASSWORD")
   clamd       $ROOT/clamd/clamd.sock (test signatures: EICAR, clamav-testfiles)
   spamd       127.0.0.1:$SPAMD_PORT
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FilterProcess, filter_config, new_workdir
-from tests.harness.daemons import Dovecot, free_port
+from tests.harness.daemons import SNIPPETS, Dovecot, dovecot_syntax, free_port
 from tests.lmtp_tools import lmtp_session
 
 pytestmark = pytest.mark.integration
@@ -27,6 +27,25 @@ def assert_stored(stored: bytes, expected: bytes) -> None:
     field = prefix[ours:]
     assert b"(lmtpfilter)" in field and field.endswith(b"\n")
     assert all(line[:1] in (b" ", b"\t") for line in field.split(b"\n")[1:-1])
+
+
+def words(line: str) -> str:
+    return " ".join(line.split())
+
+
+def test_dovecot_runs_the_production_snippets(dovecot: Dovecot) -> None:
+    """The harness's Dovecot is configured from the files for the installed version
+    (scripts/conf/dovecot-2.3 or -2.4), which include the production snippets the README
+    quotes: `doveconf -n` shows each of their settings, with the test's own paths."""
+    syntax = dovecot_syntax()
+    assert dovecot.series == syntax.series
+    effective = {words(line)
+                 for line in (dovecot.dir / "doveconf-n.txt").read_text().splitlines()}
+    for name, (production, path) in SNIPPETS.items():
+        settings = [words(line.replace(production, str(dovecot.dir / path)))
+                    for line in (syntax.conf_dir / name).read_text().splitlines()
+                    if production in line and not line.startswith("#")]
+        assert settings and not set(settings) - effective, name
 
 
 def start_filter(factory: type[FilterProcess], base: Path, dovecot: Dovecot) -> FilterProcess:

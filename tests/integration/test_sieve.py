@@ -1,5 +1,9 @@
 """Per-user spam destiny through generated Sieve scripts, with real Dovecot and spamd.
 
+Dovecot is the installed one, 2.3 or 2.4, configured from the files for its version
+(scripts/conf/dovecot-*/): its before-scripts chain and master user are the production
+snippets the README quotes.
+
 GTUBE goes through the real filter and real spamd in ONE transaction to users with the
 destinies junk / inbox / discard; Dovecot runs the installed scripts. Each installer has its
 own Dovecot, so that a default script never reaches another test's users.
@@ -81,6 +85,9 @@ async def test_one_transaction_three_destinies(dir_filter: FilterProcess,
     for user in (J, IN, D):
         script = dc.sieve_before_dir / f"{user}.sieve"
         assert script.exists() and 'header :is "X-Spam-Flag" "YES"' in script.read_text()
+        # Precompiled: Dovecot (2.3 and 2.4 alike) uses the .svbin beside the script, and would
+        # log an error for each delivery if it had to compile and could not save it here.
+        assert script.with_suffix(".svbin").stat().st_mtime >= script.stat().st_mtime
     before = {u: (count(dc, u), count(dc, u, "Junk")) for u in (J, IN, D)}
     result = await lmtp_session(dir_filter.listen, "s@example.net", [J, IN, D], spam())
     assert [r[:9] for r in result.data_replies] == ["250 2.0.0"] * 3

@@ -1,12 +1,24 @@
-"""Sieve script generation (sievelib FiltersSet) and folder validation."""
+"""Sieve script generation (sievelib FiltersSet) and folder validation; the generated scripts
+compile with the installed Pigeonhole's sievec (0.5 with Dovecot 2.3, 2.4 with Dovecot 2.4)."""
 
 from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
 
 import pytest
 from sievelib.parser import Parser
 
 from lmtpfilter.policy import RecipientPolicy
-from lmtpfilter.sieve import SieveError, generate, validate_folder, wrapper
+from lmtpfilter.sieve import (
+    DirectoryInstaller,
+    SieveError,
+    generate,
+    sievec,
+    validate_folder,
+    wrapper,
+)
 
 
 def commands(script: str) -> list[tuple[str, list[object]]]:
@@ -75,3 +87,24 @@ def test_wrapper_includes_ours_then_theirs() -> None:
     assert text.index('include :personal "lmtpfilter";') < text.index(
         'include :personal "my \\"script\\"";')
     assert 'require ["include"];' in text
+
+
+COMPILED = [("junk", "Junk"), ("junk", "Spam/Ünïcödé 📬"), ("junk", 'Junk"; discard; "'),
+            ("inbox", "Junk"), ("discard", "Junk")]
+
+
+@pytest.mark.parametrize("destiny, folder", COMPILED)
+def test_the_installed_sievec_compiles_every_script(destiny: str, folder: str,
+                                                    tmp_path: Path) -> None:
+    # What Dovecot runs is the binary: the directory installer compiles each script it writes.
+    if sievec() is None:
+        if os.environ.get("LMTPFILTER_REQUIRE_DAEMONS") == "1":
+            pytest.fail("sievec is missing (Debian: dovecot-sieve)")
+        pytest.skip("sievec is not installed")
+    installer = DirectoryInstaller(tmp_path / "sieve")
+    installer.install("a@example.org", generate(RecipientPolicy(junk_destiny=destiny,
+                                                                junk_folder=folder)))
+    script = installer.path("a@example.org")
+    binary = script.with_suffix(".svbin")
+    assert binary.stat().st_mtime >= script.stat().st_mtime
+    assert stat.S_IMODE(binary.stat().st_mode) == 0o644  # read by the mail user
