@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install lmtpfilter for production on Debian 12, as root. Idempotent: run it again after an
+# Install lmtpfilter for production on Debian 12 or 13, as root. Idempotent: run it again after an
 # upgrade (it keeps your config, upgrades the package and the database schema).
 #
 #   creates the system user and group `lmtpfilter` (and adds `postfix` to the group, for the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A complete local sandbox for trying lmtpfilter on a fresh Debian 12 machine, as root:
+# A complete local sandbox for trying lmtpfilter on a fresh Debian 12 or 13 machine, as root:
 # installs the Debian packages and lmtpfilter (virtualenv in /opt/lmtpfilter), starts a
 # throwaway Dovecot (LMTP + Sieve + ManageSieve; 2.3 or 2.4, configured from the files in
 # scripts/conf/dovecot-*) on loopback and lmtpfilter in front of it, sends one test
@@ -277,7 +277,7 @@ generated Sieve script (ls $ROOT/dovecot/mail/example.org/alice/Maildir/.Junk/ne
 A virus (a ClamAV test file attached): quarantined ("250 2.7.0 ... quarantined as ID"),
 and postmaster@example.org is told (ls $ROOT/dovecot/mail/example.org/postmaster/Maildir/new/)
   swaks --server 127.0.0.1:$SMTP_PORT --to alice@example.org \\
-        --attach /usr/share/clamav-testfiles/clam.zip
+        --attach @/usr/share/clamav-testfiles/clam.zip
   export LMTPFILTER_CONFIG=$ROOT/lmtpfilter.toml
   lmtpfilter quarantine list; lmtpfilter quarantine show ID; lmtpfilter quarantine release ID
   lmtpfilter log --since 1h

@@ -48,7 +48,7 @@ from tests.harness.systemd import SYSTEMD_PATH, ServiceUnit
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="the guide runs as root")]
 ROOT = Path(__file__).parent.parent.parent
-GUIDE = "## Production guide (Debian 12)"
+GUIDE = "## Production guide (Debian 12 and 13)"
 SERVICE_USER = "lmtpfilter"
 YOU, OTHER = "you@example.org", "other@example.org"  # the guide's address, and one more
 AMAVIS_ERA_SUBJECT = "queued for amavisd-new before the switch"
