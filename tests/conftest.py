@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.daemons import Dovecot, free_port, short_tmpdir, start_dovecot
+from tests.harness.postgres import Postgres, start_postgres
 from tests.harness.scanners import Clamd, Spamd, start_clamd, start_spamd
 from tests.lmtp_tools import FakeDownstream
 
@@ -199,3 +200,14 @@ def new_workdir(base: Path, name: str) -> Path:
     path = Path(base) / f"{name}-{free_port()}"
     path.mkdir(mode=0o755)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One throwaway PostgreSQL for the run; each test makes its own database in it
+    (Postgres.create_database)."""
+    server = start_postgres(short_tmpdir("lmtpf-pg-"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -9,7 +9,7 @@ import datetime as dt
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,7 @@ from sqlalchemy import text
 
 from lmtpfilter import queries
 from lmtpfilter import store as st
-from tests.harness.daemons import short_tmpdir
-from tests.harness.postgres import Postgres, start_postgres
+from tests.harness.postgres import Postgres
 
 pytestmark = pytest.mark.integration
 
@@ -120,16 +119,6 @@ def fill(url: str) -> None:
         store.transaction(add)
     finally:
         store.close()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    base = short_tmpdir("lmtpf-pg-")
-    server = start_postgres(base)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

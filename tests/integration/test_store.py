@@ -6,7 +6,6 @@ import datetime as dt
 import functools
 import itertools
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,10 @@ from sqlalchemy.orm import Session
 from lmtpfilter import store as st
 from lmtpfilter.config import PolicyConfig
 from lmtpfilter.userpolicy import DbPolicies, set_overrides
-from tests.harness.daemons import short_tmpdir
-from tests.harness.postgres import Postgres, start_postgres
+from tests.harness.postgres import Postgres
 
 pytestmark = pytest.mark.integration
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    base = short_tmpdir("lmtpf-pg-")
-    server = start_postgres(base)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
