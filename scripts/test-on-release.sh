@@ -411,7 +411,8 @@ if [ -d "$REPO/.git" ]; then
 else
   git -C "$ROOT$SRC_IN_CHROOT" init -q
 fi
-log "copied the checkout ($(git -C "$REPO" ls-files -co --exclude-standard | wc -l) files) to $SRC_IN_CHROOT"
+COPIED=$(git -C "$REPO" describe --always --dirty 2> /dev/null)  # what the run tests, not HEAD at the end
+log "copied the checkout $COPIED ($(git -C "$REPO" ls-files -co --exclude-standard | wc -l) files) to $SRC_IN_CHROOT"
 TIMES+=("copy: $(secs_since "$t") s")
 
 # 1. The sandbox: up (it sends itself a test message and fails if it does not arrive), down.
@@ -510,7 +511,7 @@ fi
 result() { [ "$1" -eq 0 ] && echo "passed" || echo "FAILED (exit $1)"; }
 {
   echo
-  echo "==== scripts/test-on-release.sh $RELEASE: $(date -u +%FT%TZ) on $(uname -m), checkout $(git -C "$REPO" describe --always --dirty 2> /dev/null)"
+  echo "==== scripts/test-on-release.sh $RELEASE: $(date -u +%FT%TZ) on $(uname -m), checkout ${COPIED:-not copied}"
   cat "$LOGDIR/versions.txt"
   echo "sandbox:      $(result "$SANDBOX_RC") (scripts/sandbox.sh up, self-test, down)"
   echo "run-tests.sh: $(result "$TESTS_RC")"
