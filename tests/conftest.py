@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.daemons import Dovecot, free_port, short_tmpdir, start_dovecot
+from tests.harness.daemons import (
+    Dovecot,
+    Postfix,
+    free_port,
+    short_tmpdir,
+    start_dovecot,
+    start_postfix,
+)
 from tests.harness.postgres import Postgres, start_postgres
 from tests.harness.scanners import Clamd, Spamd, start_clamd, start_spamd
 from tests.lmtp_tools import FakeDownstream
@@ -211,3 +218,20 @@ def postgres() -> Iterator[Postgres]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def chain(filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot
+          ) -> Iterator[tuple[Postfix, FilterProcess]]:
+    """The production chain: a Postfix at Debian's defaults delivering over LMTP to a filter
+    process on a unix socket, which delivers to the shared Dovecot."""
+    workdir = new_workdir(daemon_base, "chain")
+    listen = f"unix:{workdir}/lmtp.sock"
+    proc = filter_process(workdir, filter_config(f"127.0.0.1:{dovecot.lmtp_port}", [listen]),
+                          listen).start()
+    postfix = start_postfix(workdir, transport=f"lmtp:{listen}",
+                            extra_main_cf={"lmtp_destination_recipient_limit": "50"})
+    try:
+        yield postfix, proc
+    finally:
+        postfix.stop()

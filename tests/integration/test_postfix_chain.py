@@ -5,30 +5,13 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import FilterProcess, filter_config, new_workdir
-from tests.harness.daemons import Dovecot, Postfix, start_postfix
+from tests.conftest import FilterProcess
+from tests.harness.daemons import Dovecot, Postfix
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def chain(filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot
-          ) -> Iterator[tuple[Postfix, FilterProcess]]:
-    workdir = new_workdir(daemon_base, "chain")
-    listen = f"unix:{workdir}/lmtp.sock"
-    proc = filter_process(workdir, filter_config(f"127.0.0.1:{dovecot.lmtp_port}", [listen]),
-                          listen).start()
-    postfix = start_postfix(workdir, transport=f"lmtp:{listen}",
-                            extra_main_cf={"lmtp_destination_recipient_limit": "50"})
-    try:
-        yield postfix, proc
-    finally:
-        postfix.stop()
 
 
 def test_mail_submitted_to_postfix_lands_in_maildirs(

@@ -6,13 +6,11 @@ from __future__ import annotations
 import smtplib
 import socket
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import FilterProcess, filter_config, new_workdir
-from tests.harness.daemons import LOOPBACK, Dovecot, Postfix, start_postfix
+from tests.conftest import FilterProcess
+from tests.harness.daemons import LOOPBACK, Dovecot, Postfix
 from tests.lmtp_tools import FakeDownstream, lmtp_session, make_config, running_filter
 
 pytestmark = pytest.mark.integration
@@ -38,20 +36,6 @@ def dovecot_announces(dovecot: Dovecot, extension: str) -> bool:
         stream.write(b"QUIT\r\n")
         stream.flush()
     return extension in announced("".join(lines).replace("\r\n", "\n").strip())
-
-
-@pytest.fixture
-def chain(filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot
-          ) -> Iterator[tuple[Postfix, FilterProcess]]:
-    workdir = new_workdir(daemon_base, "utf8")
-    listen = f"unix:{workdir}/lmtp.sock"
-    proc = filter_process(workdir, filter_config(f"127.0.0.1:{dovecot.lmtp_port}", [listen]),
-                          listen).start()
-    postfix = start_postfix(workdir, transport=f"lmtp:{listen}")
-    try:
-        yield postfix, proc
-    finally:
-        postfix.stop()
 
 
 def test_a_utf8_sender_through_postfix_arrives_intact_and_nothing_bounces(
