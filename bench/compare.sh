@@ -16,23 +16,7 @@ source scripts/debian-packages.sh
 
 install_debian_packages
 
-if ! dpkg-query -W -f='${Status}' amavisd-new 2>/dev/null | grep -q "install ok installed"; then
-  # The package would start amavisd as the system's service; policy-rc.d forbids that.
-  policy=/usr/sbin/policy-rc.d
-  [ -e "$policy" ] && cp -p "$policy" "$policy.lmtpfilter-bench"
-  printf '#!/bin/sh\nexit 101\n' > "$policy"
-  chmod 755 "$policy"
-  restore_policy() {
-    if [ -e "$policy.lmtpfilter-bench" ]; then mv "$policy.lmtpfilter-bench" "$policy"; else rm -f "$policy"; fi
-  }
-  trap restore_policy EXIT
-  install_debian_packages amavisd-new
-  restore_policy
-  trap - EXIT
-  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    systemctl disable --now amavis.service amavis-mc.service >/dev/null 2>&1 || true
-  fi
-fi
+install_unstarted_packages amavisd-new
 
 FUGLU_VENV=${FUGLU_VENV:-/var/tmp/lmtpfilter-bench/fuglu-venv}
 export FUGLU_VENV

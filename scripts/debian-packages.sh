@@ -12,6 +12,11 @@ LMTPFILTER_DEB_PACKAGES=(
   postgresql                                # the store's tests run on PostgreSQL too
 )
 
+# What the tests of the move from amavisd-new use besides: amavisd-new itself (its conf.d as
+# shipped, its quarantine, the switch-over) and logwatch (an amavis log reader admins run).
+# Never started as the system's service: see install_unstarted_packages.
+LMTPFILTER_MIGRATION_TEST_PACKAGES=(amavisd-new logwatch)
+
 install_debian_packages() {  # [PACKAGE...] (default: all of the above)
   local missing=() pkg
   local wanted=("$@")
@@ -30,6 +35,28 @@ install_debian_packages() {  # [PACKAGE...] (default: all of the above)
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# install_unstarted_packages PACKAGE...: installs them as install_debian_packages does, but
+# with a policy-rc.d that forbids starting any service meanwhile: amavisd-new's package would
+# start amavisd as the system's service (on port 10024, where lmtpfilter listens), and its
+# postinst would leave it enabled. It is disabled afterwards where systemd runs.
+install_unstarted_packages() {
+  local policy=/usr/sbin/policy-rc.d saved="" pkg missing=0
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing=1
+  done
+  [ "$missing" -eq 1 ] || return 0
+  if [ -e "$policy" ]; then saved=$(mktemp); cp -p "$policy" "$saved"; fi
+  printf '#!/bin/sh\nexit 101\n' > "$policy"
+  chmod 755 "$policy"
+  local status=0
+  install_debian_packages "$@" || status=$?
+  if [ -n "$saved" ]; then mv "$saved" "$policy"; else rm -f "$policy"; fi
+  if [ "$status" -eq 0 ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now amavis.service amavis-mc.service >/dev/null 2>&1 || true
+  fi
+  return "$status"
 }
 
 # make_venv DIR [SPEC]: a virtualenv in DIR with SPEC installed (default: this checkout).

@@ -362,7 +362,7 @@ if [ "$FRESH" -eq 0 ]; then
     setup_chroot "$tmp/root"
     cp "$REPO/scripts/debian-packages.sh" "$tmp/root/tmp/debian-packages.sh"
     run_bg in_chroot "$tmp/root" bash -c \
-      'set -euo pipefail; source /tmp/debian-packages.sh; install_debian_packages; apt-get clean' \
+      'set -euo pipefail; source /tmp/debian-packages.sh; install_debian_packages; install_unstarted_packages "${LMTPFILTER_MIGRATION_TEST_PACKAGES[@]}"; apt-get clean' \
       > "$CACHE/$RELEASE-pkgs.log" 2>&1 \
       || { tail -30 "$CACHE/$RELEASE-pkgs.log" >&2; die "installing the packages failed" \
            "(log: $CACHE/$RELEASE-pkgs.log)"; }
