@@ -17,7 +17,7 @@ from .downstream import Downstream
 from .filtering import FilterStage
 from .lmtp_server import Capabilities
 from .notify import Notifications, Outbox
-from .pipeline import Pipeline, Stage
+from .pipeline import Pipeline, Stage, Summary, key_value_summary
 from .policy import PolicySource
 from .quarantine import QuarantineFiles
 from .server import FilterServer
@@ -62,9 +62,18 @@ def build(config: Config) -> Services:
         QuarantineStage(config, store, QuarantineFiles(config.quarantine), notifications),
     ]
     pipeline = Pipeline(Downstream(config.downstream, hostname), hostname, stages,
-                        Recorder(store, hostname))
+                        Recorder(store, hostname), summary=summary(config))
     return Services(store, pipeline,
                     Outbox(store, config.notify, config.notify.interval, hostname))
+
+
+def summary(config: Config) -> Summary:
+    """The per-message log line's format, chosen once here ([log] format)."""
+    if config.log.format == "amavis":
+        from .amavis_log import AmavisSummary
+
+        return AmavisSummary()
+    return key_value_summary
 
 
 async def quarantine_gauges(store: Store, interval: float = 15.0) -> None:

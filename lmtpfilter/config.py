@@ -52,6 +52,7 @@ from .options import (
     parse_size,
     parse_size_or_percent,
     parse_str,
+    parse_syslog_ident,
     parse_user_name,
     shown,
 )
@@ -291,6 +292,31 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    SECTION: ClassVar[str] = "log"
+    format: str = option(
+        "lmtpfilter", one_of("lmtpfilter", "amavis"),
+        "The per-message line: lmtpfilter (one key=value line) | amavis (amavisd-new 2.13's "
+        '"Passed CLEAN {RelayedInbound}, ..." line(s), which logwatch, mailgraph and '
+        "amavis-logwatch read).")
+    syslog: bool = option(
+        False, parse_bool,
+        "Send the whole log to syslog (facility mail, so that it lands in mail.log) instead "
+        "of stderr; `serve` refuses to start when syslog_address is not there.")
+    syslog_ident: str = option(
+        "", parse_syslog_ident,
+        'The program name of the syslog lines, "NAME[PID]: "; "" = "amavis" with format = '
+        '"amavis" (logwatch and mailgraph select amavis\'s lines by that name), else '
+        '"lmtpfilter".')
+    syslog_address: Path = option(
+        "/dev/log", parse_path, "The syslog daemon's unix datagram socket.")
+
+    @property
+    def ident(self) -> str:
+        return self.syslog_ident or ("amavis" if self.format == "amavis" else "lmtpfilter")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
@@ -303,6 +329,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     janitor: JanitorConfig = field(default_factory=JanitorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     source: str = "(defaults)"
     # [server].hostname, or the machine's FQDN: resolved once, here, because getfqdn() may
     # ask the resolver and the name is read on the event loop (Received:, quarantine copies).

@@ -215,6 +215,14 @@ def parse_user_name(value: object) -> str:
     return text
 
 
+def parse_syslog_ident(value: object) -> str:
+    """A syslog program name (the TAG of RFC 3164 §4.1.3): letters, digits, "._/-"."""
+    text = parse_str(value)
+    if text and not re.fullmatch(r"[A-Za-z0-9._/-]{1,32}", text):
+        raise InvalidValue(f'expected a program name such as "amavis", got {text!r}')
+    return text
+
+
 _ADDRESS_RE = re.compile(r"[^@\s<>]+@[^@\s<>]+")
 
 

@@ -25,7 +25,7 @@ import functools
 import ipaddress
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -116,13 +116,20 @@ class Recorder(Protocol):
                      replies: Sequence[Reply]) -> None: ...
 
 
+# The per-message log: the lines logged once the replies are settled (`[log] format`:
+# key_value_summary, or amavis_log.AmavisSummary), chosen once when the pipeline is built.
+Summary = Callable[["Transaction", Sequence["Recipient"], Sequence[Reply]], Sequence[str]]
+
+
 class Pipeline:
     def __init__(self, downstream: Downstream, hostname: str,
-                 stages: Sequence[Stage] = (), recorder: Recorder | None = None) -> None:
+                 stages: Sequence[Stage] = (), recorder: Recorder | None = None,
+                 summary: Summary | None = None) -> None:
         self.downstream = downstream
         self.hostname = hostname
         self.stages = list(stages)
         self.recorder = recorder
+        self.summary: Summary = summary or key_value_summary
 
     async def process(self, tx: Transaction) -> list[Reply]:
         """One reply per recipient, in RCPT order; never raises (except cancellation).
@@ -139,7 +146,8 @@ class Pipeline:
             metrics.INFLIGHT.dec()
         try:
             count(recipients, replies)
-            log.info("%s", summary_line(tx, recipients, replies))
+            for line in self.summary(tx, recipients, replies):
+                log.info("%s", line)
         except Exception:  # a metric or a log line is never worth losing the replies over
             log.exception("tx=%s could not count or log the message", tx.id)
         return replies
@@ -222,6 +230,12 @@ def summary_line(tx: Transaction, recipients: Sequence[Recipient],
         action = r.decision.action.value if r.decision else "deliver"
         fields.append(f"rcpt=<{r.address}>:{action}:{reply.code}:{reply.enhanced or '-'}")
     return " ".join(fields)
+
+
+def key_value_summary(tx: Transaction, recipients: Sequence[Recipient],
+                      replies: Sequence[Reply]) -> tuple[str]:
+    """`[log] format = "lmtpfilter"`: the one summary_line."""
+    return (summary_line(tx, recipients, replies),)
 
 
 def count(recipients: Sequence[Recipient], replies: Sequence[Reply]) -> None:
