@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         dest="action", required=True, parser_class=_Parser)
     qlist = q.add_parser("list", parents=[common], help="quarantined messages, newest first")
     _add_query_flags(qlist)
-    qlist.add_argument("--reason", choices=["virus", "spam"])
+    qlist.add_argument("--reason", choices=["virus", "spam", "banned", "bad-header",
+                                            "unchecked"])  # the last three: from amavis
     qlist.add_argument("--state", action="append", choices=["held", "released", "expired"],
                        help="repeatable (default: held and released)")
     qlist.add_argument("--all", action="store_true", help="include expired ones")
@@ -91,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     qrel.add_argument("--force", action="store_true", help="release again")
     qdel = q.add_parser("delete", parents=[common], help="remove ID's file and mark it expired")
     qdel.add_argument("id")
+    qimp = q.add_parser("import-amavis", parents=[common],
+                        help="import amavisd-new's file quarantine (idempotent, read-only)")
+    qimp.add_argument("directory", metavar="DIR", help="e.g. /var/lib/amavis/virusmails")
 
     sieve = sub.add_parser("sieve", help="per-user Sieve scripts").add_subparsers(
         dest="action", required=True, parser_class=_Parser)
@@ -102,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_query_flags(logp)
     logp.add_argument("--action", choices=["deliver", "discard", "reject", "tempfail", "error"])
     logp.add_argument("--category", choices=["clean", "spammy", "spam", "virus", "unchecked"])
+    from .amavis_config import add_parser as add_import_amavis
+
+    add_import_amavis(sub)
     return parser
 
 
@@ -152,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config" and args.reference:
         sys.stdout.write(cfg.reference())
         return EXIT_OK
+    if args.command == "import-amavis":  # reads amavis's files, not lmtpfilter's config
+        from .amavis_config import command as import_amavis
+
+        return import_amavis(args)
     try:
         config = cfg.load(args.config)
     except cfg.ConfigError as exc:
@@ -211,8 +222,12 @@ def _open_store(config: cfg.Config) -> Any:
 def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
     store = _open_store(config)  # before logging is set up: a refusal is one line
     store.close()
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    from .logsetup import LogSetupError, configure
+
+    try:
+        configure(config.log, args.log_level)  # stderr, or syslog instead ([log] syslog)
+    except LogSetupError as exc:
+        raise CliError(str(exc)) from None
     logging.getLogger("alembic").setLevel(logging.WARNING)
     metrics_dir = _metrics_dir(config)
     try:
@@ -391,7 +406,13 @@ def _quarantine(config: cfg.Config, args: argparse.Namespace) -> int:
                       f"{', '.join(row.recipient_list)}  {row.detail}  {row.subject!r}")
             _say_if_cut(page)
             return EXIT_OK
-        qid = validate_id(args.id)
+        if args.action == "import-amavis":
+            from .amavis_quarantine import run_command
+
+            return run_command(config, store, args.directory)
+        from .amavis_quarantine import resolve_id  # an amavis mail_id, for imported ones
+
+        qid = validate_id(store.transaction(lambda s: resolve_id(s, args.id)))
         from .release import ReleaseError, load
 
         try:
