@@ -11,9 +11,11 @@ over is one line on stderr: `NAME (FILE:LINE): why`.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import socket
 import sys
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,7 @@ _DEFAULTS: dict[str, Value] = {
     "$virus_quarantine_to": "virus-quarantine",
     "$spam_quarantine_to": "spam-quarantine",
     "$sa_local_tests_only": 0,
+    "$DO_SYSLOG": 0,  # $do_syslog: undef, amavis then logs to $LOGFILE
     "@lookup_sql_dsn": [],
     "@local_domains_maps": [Ref("%local_domains"), Ref("@local_domains_acl"),
                             Ref("$local_domains_re")],
@@ -145,8 +148,30 @@ def where(env: Environment, name: str) -> str:
     return place[0] if place[1] == 0 else f"{place[0]}:{place[1]}"
 
 
+@dataclass(frozen=True)
+class Base:
+    """The lmtpfilter config the import goes on top of (the installed one, by default): its
+    values stand where amavis has nothing to say (the addresses of Dovecot, clamd, spamd; the
+    unix socket Postfix uses), so the result is this machine's config, not a generic one."""
+
+    path: str
+    values: dict[str, Any]  # "section.key" -> the TOML value as written
+
+    @classmethod
+    def read(cls, path: str) -> Base:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ImportError_(f"{path}: {exc.strerror}") from None
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ImportError_(f"{path}: not a valid TOML file: {exc}") from None
+        return cls(path, {f"{section}.{key}": value
+                          for section, keys in data.items() if isinstance(keys, dict)
+                          for key, value in keys.items()})
+
+
 def import_amavis(paths: Sequence[str], preset: dict[str, str] | None = None,
-                  mailname: str = "/etc/mailname") -> Report:
+                  mailname: str = "/etc/mailname", base: Base | None = None) -> Report:
     """Read the files, map them, and render the lmtpfilter config; never raises for what
     the files contain (only ImportError_ for a path that does not exist)."""
     env = Environment()
@@ -168,9 +193,24 @@ def import_amavis(paths: Sequence[str], preset: dict[str, str] | None = None,
                 problem = Problem(problem.name, problem.file, problem.line, _CALLS[problem.name])
             report.add(str(problem))
     values = _map(env, report)
+    if base is not None:
+        _merge_listen(values, base)
     report.values = values
-    report.toml = render(values, [str(p) for p in files])
+    report.toml = render(values, [str(p) for p in files], base)
     return report
+
+
+def _merge_listen(values: dict[str, Any], base: Base) -> None:
+    """amavis's port replaces the base's TCP listeners; its unix sockets stay (Postfix's
+    `lmtp:unix:...` next hop, which amavis had no counterpart of)."""
+    listen = base.values.get("server.listen")
+    if "server.listen" not in values or not isinstance(listen, list):
+        return
+    value, comment, source = values["server.listen"]
+    sockets = [x for x in listen if isinstance(x, str) and x.startswith("unix:")]
+    if sockets:
+        values["server.listen"] = (sockets + [x for x in value if x not in sockets],
+                                   f"{comment}; the unix sockets from {base.path}", source)
 
 
 def _mailname(path: str) -> Value:
@@ -289,11 +329,14 @@ def _report_unread(env: Environment, read: set[str], report: Report) -> None:
                    counts=False)
 
 
-def render(values: dict[str, Any], files: Sequence[str]) -> str:
-    """A complete lmtpfilter.toml: every section and key, amavis's values where mapped."""
+def render(values: dict[str, Any], files: Sequence[str], base: Base | None = None) -> str:
+    """A complete lmtpfilter.toml: every section and key, amavis's values where mapped, else
+    the base config's, else lmtpfilter's defaults."""
     lines = ["# lmtpfilter.toml written by `lmtpfilter import-amavis` from these files, in "
              "order:"]
     lines += [f"#   {f}" for f in files] or ["#   (none: amavis's defaults)"]
+    if base is not None:
+        lines += [f"# on top of {base.path}"]
     lines += ["# Check it with `lmtpfilter check-config -c FILE` before you use it."]
     for section in cfg.SECTIONS:
         name = section.SECTION  # type: ignore[attr-defined]
@@ -303,6 +346,9 @@ def render(values: dict[str, Any], files: Sequence[str]) -> str:
             if key in values:
                 value, comment, _ = values[key]
                 lines.append(f"{key_of(f)} = {_toml(value)}  # {_comment(comment)}")
+            elif base is not None and key in base.values:
+                lines.append(f"{key_of(f)} = {_toml(base.values[key])}  # from "
+                             f"{_comment(base.path)}")
             else:
                 lines.append(f"{key_of(f)} = {_toml(f.metadata['raw_default'])}"
                              "  # lmtpfilter default")
@@ -347,6 +393,10 @@ def add_parser(sub: Any) -> None:
                         "over Debian's `head -n 1 /etc/mailname` and `hostname --fqdn`)")
     p.add_argument("--mailname", default="/etc/mailname", metavar="FILE",
                    help="the file Debian's 05-domain_id reads $mydomain from")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help=f"the lmtpfilter config to start from: its values stand where amavis "
+                        f"has none (addresses, sockets) (default: ${cfg.ENV_VAR} or "
+                        f"{cfg.DEFAULT_PATH}, if it exists; else lmtpfilter's defaults)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -358,8 +408,12 @@ def command(args: argparse.Namespace) -> int:
             return 2
         preset[name.lstrip("$")] = value
     paths = with_package_files(args.paths or list(DEFAULT_PATHS))
+    base_path = args.config or os.environ.get(cfg.ENV_VAR)
+    if base_path is None and cfg.DEFAULT_PATH.exists():
+        base_path = str(cfg.DEFAULT_PATH)
     try:
-        report = import_amavis(paths, preset, args.mailname)
+        base = Base.read(base_path) if base_path else None
+        report = import_amavis(paths, preset, args.mailname, base)
     except ImportError_ as exc:
         print(f"lmtpfilter: {exc}", file=sys.stderr)
         return 2

@@ -235,8 +235,36 @@ def _quarantine_dir(look: Lookup) -> TomlValue | _Keep:
     value = look.scalar("$QUARANTINEDIR")
     if value in (None, ""):
         raise NotMapped("amavis keeps no quarantine files; lmtpfilter always quarantines "
-                        "viruses, in the lmtpfilter default directory")
-    return str(value)
+                        "viruses, in [quarantine] directory")
+    # Not lmtpfilter's directory: amavis's files stay amavis's (and its group's), in its
+    # layout; lmtpfilter's quarantine is its own, and takes amavis's messages by import.
+    raise NotMapped(f"lmtpfilter keeps its own quarantine ([quarantine] directory); bring "
+                    f"amavis's messages over with `lmtpfilter quarantine import-amavis "
+                    f"{value}`")
+
+
+def _log_format(look: Lookup) -> TomlValue | _Keep:
+    if look.scalar("$log_templ") is not None:
+        raise NotMapped("a custom $log_templ: lmtpfilter writes amavis's default main log "
+                        "line ([log] format = \"amavis\")")
+    return "amavis"
+
+
+def _syslog(look: Lookup) -> TomlValue | _Keep:
+    return _truthy(look.scalar("$DO_SYSLOG"))
+
+
+def _syslog_ident(look: Lookup) -> TomlValue | _Keep:
+    value = look.scalar("$syslog_ident")
+    # "" is lmtpfilter's default: "amavis" with format = "amavis", as amavis's default is.
+    return KEEP if value in (None, "", "amavis") else str(value)
+
+
+def _syslog_facility(look: Lookup) -> TomlValue | _Keep:
+    value = look.scalar("$syslog_facility")
+    if value in (None, "mail"):
+        return KEEP
+    raise NotMapped(f"{value!r}: lmtpfilter logs to syslog facility mail")
 
 
 def _quarantine_to(kind: str) -> Callable[[Lookup], TomlValue | _Keep]:
@@ -398,13 +426,18 @@ RULES: tuple[Rule, ...] = (
     Rule(("$forward_method",), "downstream.address", _forward_method),
     Rule(("@av_scanners",), "clamav.address", _clamd),
     Rule(("$sa_mail_body_size_limit",), "spamassassin.max_size", _spam_max_size),
-    Rule(("$QUARANTINEDIR",), "quarantine.directory", _quarantine_dir),
+    Rule(("$QUARANTINEDIR",), None, _quarantine_dir),
     Rule(("$spam_quarantine_to",), "quarantine.spam", _quarantine_to("spam")),
     Rule(("$virus_quarantine_to",), None, _quarantine_to("virus")),
     Rule(("$virus_admin", "$spam_admin"), "notify.admin", _admins),
     Rule(("$warnvirusrecip", "$warnbannedrecip"), "notify.recipient", _warn_recipient),
     Rule(("$warnvirussender",), "notify.sender", _warn_sender),
     Rule(("$notify_method",), "notify.smtp", _notify_method),
+    Rule(("$log_templ",), "log.format", _log_format,
+         "amavis's main log line, for the tools that read it (logwatch, mailgraph)"),
+    Rule(("$DO_SYSLOG",), "log.syslog", _syslog),
+    Rule(("$syslog_ident",), "log.syslog_ident", _syslog_ident),
+    Rule(("$syslog_facility",), None, _syslog_facility),
     Rule(("$mydomain", "$myproduct_name"), None,
          _absent("used where it is expanded", when_set=False)),
     Rule(("$daemon_user", "$daemon_group"), None,

@@ -109,9 +109,41 @@ def test_set_wins_over_debian_idioms_but_not_over_assignments(tmp_path: Path) ->
 
 # ---- the real command, in a subprocess ----------------------------------------------------
 
+# The config the import starts from: the one install.sh installs (not this machine's).
+SHIPPED_CONFIG = ROOT / "etc" / "lmtpfilter.toml"
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "lmtpfilter", "import-amavis", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "LMTPFILTER_CONFIG": str(SHIPPED_CONFIG)})
+
+
+def test_cli_starts_from_the_installed_config(tmp_path: Path) -> None:
+    """What amavis has nothing to say about comes from the installed config (Dovecot's
+    socket, Postfix's unix socket), amavis's settings go on top; -c names another file."""
+    done = _cli(str(DATA / "tutorial-50-user"), "--set", "mydomain=example.org")
+    assert done.returncode == 0, done.stderr
+    data = tomllib.loads(done.stdout)
+    shipped = tomllib.loads(SHIPPED_CONFIG.read_text())
+    assert f"# on top of {SHIPPED_CONFIG}" in done.stdout
+    assert data["downstream"]["address"] == shipped["downstream"]["address"]
+    assert data["policy"]["kill_level"] == 100.0  # the tutorial's, not the shipped 25
+    assert data["server"]["listen"] == shipped["server"]["listen"]  # the socket, and 10024
+    own = tmp_path / "own.toml"
+    own.write_text('[server]\nlisten = ["unix:/srv/lmtp.sock", "[::1]:24"]\n'
+                   '[downstream]\naddress = "127.0.0.1:2424"\n')
+    port = tmp_path / "60-port"
+    port.write_text("$inet_socket_port = 10026;\n")
+    other = tomllib.loads(_cli(str(DATA / "tutorial-50-user"), str(port), "-c", str(own)).stdout)
+    assert other["server"]["listen"] == ["unix:/srv/lmtp.sock", "127.0.0.1:10026"]
+    assert other["downstream"]["address"] == "127.0.0.1:2424"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    for config in (bad, tmp_path / "missing.toml"):
+        refused = _cli(str(DATA / "tutorial-50-user"), "-c", str(config))
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert str(config) in refused.stderr and refused.stdout == ""
 
 
 def test_cli_tutorial_over_debian_output_passes_check_config(tmp_path: Path) -> None:
