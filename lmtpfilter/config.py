@@ -220,7 +220,8 @@ class QuarantineConfig:
     SECTION: ClassVar[str] = "quarantine"
     directory: Path = option(
         "/var/lib/lmtpfilter/quarantine", parse_path, "Where quarantined messages are kept.")
-    spam: bool = option(True, parse_bool, "Keep a copy of spam discarded/rejected at kill level.")
+    spam: bool = option(True, parse_bool, "Keep a copy of spam at kill level, delivered "
+                        "(spam_destiny = pass) or not, as amavis's $spam_quarantine_to does.")
     max_size: int = option("10G", parse_size, "Budget for the whole quarantine directory.")
     min_free: SizeOrPercent = option(
         "5%", parse_size_or_percent, "Keep at least this much of the filesystem free.")

@@ -102,6 +102,8 @@ class Notifications:
 
     def enqueue_quarantine(self, session: Session, record: QuarantineRecord,
                            recipients: list[str]) -> None:
+        """The notices of a quarantined message; `recipients` are those it was withheld
+        from (a copy quarantined of a message delivered anyway tells only the admin)."""
         if not self.enabled:
             return
         sender = _mailbox(record.sender)
@@ -119,7 +121,7 @@ class Notifications:
             wanted += [("admin-virus", a) for a in self.config.admin]
         if self.config.recipient:
             wanted += [("recipient", r) for r in recipients]
-        if self.config.sender and sender:
+        if self.config.sender and sender and recipients:
             wanted.append(("sender", sender))
         for kind, to in wanted:
             session.add(Notification(created_at=now, kind=kind, to_address=to,

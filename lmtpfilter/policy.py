@@ -108,8 +108,10 @@ class Decision:
 
     @property
     def quarantine(self) -> bool:
-        """Virus or kill-level spam that is not delivered keeps a copy (docs/design.md §6)."""
-        return self.action in (Action.DISCARD, Action.REJECT) and self.category in (
+        """Virus or kill-level spam keeps a copy, whatever its destiny: as in amavis, the
+        destiny says whether the recipient gets the message, the quarantine keeps the
+        evidence (a passed one too) (docs/design.md §6)."""
+        return self.action is not Action.TEMPFAIL and self.category in (
             Category.VIRUS, Category.SPAM)
 
 

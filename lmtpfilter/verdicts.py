@@ -4,7 +4,9 @@
 decision says to keep (a virus, or kill-level spam when ``[quarantine].spam``), it stores ONE
 copy, whatever the number of such recipients, and only once that copy is durable (file fsynced,
 row committed) do the "discard" recipients get ``250 2.7.0``. Until then they hold a 451, so
-any failure on the way leaves them deferred, never acknowledged.
+any failure on the way leaves them deferred, never acknowledged. A recipient whose destiny is
+"pass" still gets the message (a copy is kept as evidence, as amavis does); a failed copy does
+not hold back its delivery.
 
 :class:`Recorder` writes the message row and one row per recipient before the replies go
 back to Postfix.
@@ -118,7 +120,8 @@ class QuarantineStage:
 
             assert isinstance(session, Session)
             session.add(record)
-            self.notifications.enqueue_quarantine(session, record, [r.address for r in keep])
+            self.notifications.enqueue_quarantine(session, record, [
+                r.address for r in keep if r.decision and r.decision.action is not Action.DELIVER])
 
         try:
             await self.store.run(commit)

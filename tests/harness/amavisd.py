@@ -72,11 +72,12 @@ ENABLE_CHECKS = """\
 """Perl for ``extra``: virus and spam checks on, as Debian's 15-content_filter_mode says."""
 
 
-def debian_conf_files() -> list[Path]:
-    """The files amavisd reads without ``-c`` on Debian, in its order (find_config_files)."""
+def debian_conf_files(directories: Sequence[Path] = DEBIAN_CONF_DIRS) -> list[Path]:
+    """The files amavisd reads without ``-c`` on Debian, in its order (find_config_files);
+    ``directories`` replaces Debian's two (copies of them, for a test's own site)."""
     return [
         path
-        for directory in DEBIAN_CONF_DIRS
+        for directory in directories
         for path in sorted(directory.iterdir())
         if path.is_file() and _RUN_PARTS_NAME.match(path.name)
     ]

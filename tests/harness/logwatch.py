@@ -1,4 +1,5 @@
-"""Run Debian's logwatch amavis service over log lines, and read its summary (stdlib only).
+"""A syslog daemon of the test's own, and Debian's logwatch amavis service over what it got
+(stdlib only).
 
 logwatch's amavis service reads the "maillog" logfile group (mail.log, among others) from
 ``--logdir``, keeps the lines whose program name is amavis (``*OnlyService``), and prints a
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -47,3 +50,48 @@ def amavis_summary(mail_log: Iterable[str]) -> dict[str, int]:
         if match:
             counts[match.group(2).strip()] = int(match.group(1))
     return counts
+
+
+LOG_MAIL = 2  # syslog facility "mail" (RFC 5424 §6.2.1)
+_DATAGRAM = re.compile(r"^<(\d+)>(\S+?\[\d+\]): (.*)$", re.S)
+
+
+class SyslogSink:
+    """A unix datagram socket collecting what is sent to it, as (facility, tag, message)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        path.chmod(0o666)  # as /dev/log: every user's programs log
+        self.sock.settimeout(0.2)
+        self.records: list[tuple[int, str, str]] = []
+        self.unparsed: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            match = _DATAGRAM.match(data.rstrip(b"\x00").decode("utf-8", "replace"))
+            if match:
+                self.records.append((int(match.group(1)) >> 3, match.group(2), match.group(3)))
+            else:
+                self.unparsed.append(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+    def wait_for(self, count: int, pattern: str, timeout: float = 60.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [m for _, _, m in list(self.records) if re.search(pattern, m)]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)

@@ -7,12 +7,8 @@ lines of a mail.log as rsyslog writes them, which logwatch reads.
 
 from __future__ import annotations
 
-import re
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,53 +17,10 @@ import pytest
 from tests.conftest import FilterProcess, filter_config, new_workdir
 from tests.harness import logwatch
 from tests.harness.daemons import Dovecot, free_port, lmtp_deliver
+from tests.harness.logwatch import LOG_MAIL, SyslogSink
 from tests.harness.scanners import EICAR, GTUBE, Clamd, Spamd
 
 pytestmark = pytest.mark.integration
-
-LOG_MAIL = 2  # syslog facility "mail" (RFC 5424 §6.2.1)
-_DATAGRAM = re.compile(r"^<(\d+)>(\S+?\[\d+\]): (.*)$", re.S)
-
-
-class SyslogSink:
-    """A unix datagram socket collecting what is sent to it, as (facility, tag, message)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.records: list[tuple[int, str, str]] = []
-        self.unparsed: list[bytes] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            match = _DATAGRAM.match(data.rstrip(b"\x00").decode("utf-8", "replace"))
-            if match:
-                self.records.append((int(match.group(1)) >> 3, match.group(2), match.group(3)))
-            else:
-                self.unparsed.append(data)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-    def wait_for(self, count: int, pattern: str, timeout: float = 60.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [m for _, _, m in list(self.records) if re.search(pattern, m)]
-            if len(found) >= count or time.monotonic() > deadline:
-                return found
-            time.sleep(0.1)
-
 
 @pytest.fixture
 def syslog_filter(filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot,
