@@ -8,6 +8,8 @@ by the test script and CI), in which case a missing daemon is a failure, never a
 from __future__ import annotations
 
 import os
+import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +29,7 @@ from tests.harness.daemons import (
     start_dovecot,
     start_postfix,
 )
+from tests.harness.install import make_service_venv
 from tests.harness.postgres import Postgres, start_postgres
 from tests.harness.scanners import Clamd, Spamd, start_clamd, start_spamd
 from tests.lmtp_tools import FakeDownstream
@@ -235,3 +238,27 @@ def chain(filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovec
         yield postfix, proc
     finally:
         postfix.stop()
+
+
+@pytest.fixture(scope="module")
+def service_bin() -> Iterator[Path]:
+    """A service venv with lmtpfilter installed as install.sh does (for commands run as
+    another user than root, who cannot import the checkout's .venv)."""
+    base = short_tmpdir("lmtpf-venv-")
+    try:
+        yield make_service_venv(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def service_user() -> Iterator[pwd.struct_passwd]:
+    """A throwaway system user, as install.sh makes the service's; deleted afterwards."""
+    name = f"lmtpft-{secrets.token_hex(4)}"
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                    "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)

@@ -13,8 +13,6 @@ import gzip
 import os
 import pwd
 import re
-import secrets
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -26,8 +24,7 @@ import pytest
 
 from tests.conftest import filter_config, new_workdir
 from tests.harness.amavisd import ENABLE_CHECKS, Amavisd, debian_conf_files, start_amavisd
-from tests.harness.daemons import Dovecot, lmtp_deliver, short_tmpdir
-from tests.harness.install import make_service_venv
+from tests.harness.daemons import Dovecot, lmtp_deliver
 from tests.harness.scanners import EICAR, GTUBE, Clamd, Spamd
 
 pytestmark = pytest.mark.integration
@@ -182,27 +179,6 @@ def test_import_list_release_reimport_and_expire(
                                   (old_id,)).fetchone()
     assert str(created).startswith(time.strftime("%Y-%m-%d", time.gmtime(old)))
     assert old_file.exists()  # the source is never touched
-
-
-@pytest.fixture(scope="module")
-def service_bin() -> Iterator[Path]:
-    base = short_tmpdir("lmtpf-venv-")
-    try:
-        yield make_service_venv(base)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def service_user() -> Iterator[pwd.struct_passwd]:
-    name = f"lmtpft-{secrets.token_hex(4)}"
-    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
-                    "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], capture_output=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")

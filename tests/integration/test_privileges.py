@@ -23,34 +23,12 @@ from pathlib import Path
 import pytest
 
 from tests.harness.daemons import free_port, lmtp_deliver, short_tmpdir
-from tests.harness.install import make_service_venv
 from tests.harness.scanners import EICAR, Clamd
 from tests.harness.systemd import ServiceUnit
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")]
 ROOT = Path(__file__).parent.parent.parent
-
-
-@pytest.fixture(scope="module")
-def service_bin() -> Iterator[Path]:
-    base = short_tmpdir("lmtpf-venv-")
-    try:
-        yield make_service_venv(base)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def service_user() -> Iterator[pwd.struct_passwd]:
-    name = f"lmtpft-{secrets.token_hex(4)}"
-    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
-                    "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], capture_output=True)
 
 
 @pytest.fixture
