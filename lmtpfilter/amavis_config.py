@@ -56,20 +56,30 @@ _DEFAULTS: dict[str, Value] = {
                                   Ref("$bypass_virus_checks_re")],
     "@bypass_spam_checks_maps": [Ref("%bypass_spam_checks"), Ref("@bypass_spam_checks_acl"),
                                  Ref("$bypass_spam_checks_re")],
+    "@bypass_banned_checks_maps": [Ref("%bypass_banned_checks"),
+                                   Ref("@bypass_banned_checks_acl"),
+                                   Ref("$bypass_banned_checks_re")],
+    "@bypass_header_checks_maps": [Ref("%bypass_header_checks"),
+                                   Ref("@bypass_header_checks_acl"),
+                                   Ref("$bypass_header_checks_re")],
+    "$final_banned_destiny": 0,  # D_DISCARD
+    "$final_bad_header_destiny": 1,  # D_PASS
 }
 
 # Why a variable with no lmtpfilter counterpart does not carry over (shown to the admin).
 _NO_MEANING: dict[str, str] = {
-    r"\$final_banned_destiny|@banned_filename_maps|%banned_rules|\$banned_namepath_re":
-        "banned-file checks: issue 15",
-    r"\$final_bad_header_destiny|@bypass_header_checks_maps|@bad_header_\w+":
-        "lmtpfilter does no header checks",
+    r"@banned_filename_maps|%banned_rules|\$banned_namepath_re":
+        "banned-file rules other than $banned_filename_re: write them as [content] "
+        "banned_rules",
+    r"@bad_header_\w+|%allowed_header_tests":
+        "bad-header checks are amavis's defaults ([policy] bad_header_destiny decides)",
     r"\$MAXLEVELS|\$MAXFILES|\$M(IN|AX)_EXPANSION_QUOTA":
         "archive limits are clamd's own (MaxRecursion, MaxFiles, MaxScanSize in clamd.conf)",
     r"\$enable_dkim_\w+|@dkim_\w+|%signed_header_fields":
         "lmtpfilter neither verifies nor signs DKIM (a Postfix milter such as OpenDKIM does)",
-    r"@(score|whitelist|blacklist)_sender_maps|%(whitelist|blacklist)_sender":
-        "sender scoring: SpamAssassin's whitelist_from / blacklist_from (local.cf)",
+    r"%(whitelist|blacklist)_sender":
+        "sender lists live in the database: `lmtpfilter senders add RECIPIENT SENDER "
+        "allow|bypass|block [--score N]`",
     r"%policy_bank|%interface_policy":
         "policy banks (per client or port): lmtpfilter has one [policy] and per-recipient "
         "overrides; amavisd-release is `lmtpfilter quarantine release`",

@@ -58,11 +58,13 @@ from .scanresult import Status
 LOGLINE_MAXLEN = 980  # amavis's $logline_maxlen
 
 # amavis's contents categories by rank (Amavis/Conf.pm, CC_*): a higher one wins.
-CLEAN, MTA_BLOCKED, SPAMMY, SPAM, UNCHECKED, INFECTED = (
-    "CLEAN", "MTA-BLOCKED", "SPAMMY", "SPAM", "UNCHECKED", "INFECTED")
-_RANK = {CLEAN: 1, MTA_BLOCKED: 2, SPAMMY: 5, SPAM: 6, UNCHECKED: 7, INFECTED: 9}
-_CCAT = {Category.CLEAN: CLEAN, Category.SPAMMY: SPAMMY, Category.SPAM: SPAM,
-         Category.UNCHECKED: UNCHECKED, Category.VIRUS: INFECTED}
+CLEAN, MTA_BLOCKED, BAD_HEADER, SPAMMY, SPAM, UNCHECKED, BANNED, INFECTED = (
+    "CLEAN", "MTA-BLOCKED", "BAD-HEADER", "SPAMMY", "SPAM", "UNCHECKED", "BANNED", "INFECTED")
+_RANK = {CLEAN: 1, MTA_BLOCKED: 2, BAD_HEADER: 4, SPAMMY: 5, SPAM: 6, UNCHECKED: 7, BANNED: 8,
+         INFECTED: 9}
+_CCAT = {Category.CLEAN: CLEAN, Category.BAD_HEADER: BAD_HEADER, Category.SPAMMY: SPAMMY,
+         Category.SPAM: SPAM, Category.UNCHECKED: UNCHECKED, Category.BANNED: BANNED,
+         Category.VIRUS: INFECTED}
 
 _QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)$")
 _MESSAGE_ID = re.compile(r"<[^<>]*>")
@@ -110,6 +112,10 @@ def main_log_lines(log_id: str, tx: Transaction, recipients: Sequence[Recipient]
     ccat = content_block or (MTA_BLOCKED if mta_block else main)
     if ccat == INFECTED and tx.scan is not None:
         ccat = f"INFECTED ({', '.join(dict.fromkeys(tx.scan.virus.names))})"
+    elif ccat == BANNED and tx.scan is not None:  # amavis: BANNED (%F), what it found
+        ccat = f"BANNED ({tx.scan.content.banned.partition('contains ')[2]})"
+    elif ccat == BAD_HEADER and tx.scan is not None:  # amavis: BAD-HEADER-<minor>
+        ccat = f"BAD-HEADER-{tx.scan.content.bad_header_minor}"
     actions = [s.replace("RelayedUntagged", "Relayed", 1) for s in sorted(statuses)]
     if tx.quarantine_id:
         actions.append("Quarantined")

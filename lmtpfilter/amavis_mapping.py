@@ -194,6 +194,52 @@ def _virus_destiny(look: Lookup) -> TomlValue | _Keep:
     raise NotMapped(f"unknown destiny {value!r}")
 
 
+def _other_destiny(name: str, what: str) -> Callable[[Lookup], TomlValue | _Keep]:
+    """$final_banned_destiny, $final_bad_header_destiny: D_BOUNCE and D_REJECT are a 5xx
+    (Postfix then bounces to the sender: these senders are seldom forged)."""
+    def convert(look: Lookup) -> TomlValue | _Keep:
+        value = look.scalar(name)
+        if value in _DESTINY:
+            return _DESTINY[value]  # type: ignore[index]
+        if value == -4:
+            raise NotMapped(f"D_TEMPFAIL: lmtpfilter has no destiny that defers {what}")
+        raise NotMapped(f"unknown destiny {value!r}")
+    return convert
+
+
+# Debian's $banned_filename_re (20-debian_defaults), pattern by pattern: what lmtpfilter's
+# default [content] banned_rules already ban (lmtpfilter/banned.py DEFAULT_BANNED_RULES).
+DEBIAN_BANNED_FILENAME_RE = (
+    r"\.[^./]*\.(exe|vbs|pif|scr|bat|cmd|com|cpl|dll)\.?$",
+    r"\{[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\}?$",
+    r"^application/x-msdownload$",
+    r"^application/x-msdos-program$",
+    r"^application/hta$",
+    r".\.(exe|vbs|pif|scr|bat|cmd|com|cpl)$",
+    r"^\.(exe-ms)$",
+)
+
+
+def _banned_filename_re(look: Lookup) -> TomlValue | _Keep:
+    value = look.scalar("$banned_filename_re")
+    if value is None:
+        raise NotMapped("undef: amavis bans nothing by name; lmtpfilter's default [content] "
+                        "banned_rules ban executables: set banned_rules = [] to ban nothing")
+    patterns = tuple(_pattern(e) for e in value.entries) if isinstance(value, RegexMap) \
+        else (_pattern(value),)
+    if patterns == DEBIAN_BANNED_FILENAME_RE:
+        look.note = "Debian's default: lmtpfilter's default banned_rules ban the same"
+        return KEEP
+    raise NotMapped("a site's own $banned_filename_re: amavis matches it against names and "
+                    "types alike; write its rules as [content] banned_rules (name-re:, "
+                    "declared-type:, detected-type:)")
+
+
+def _pattern(entry: Value) -> str:
+    regex = entry[0] if isinstance(entry, tuple) else entry
+    return regex.pattern if isinstance(regex, Regex) else repr(regex)
+
+
 def _subject_tag(look: Lookup) -> TomlValue | _Keep:
     if not _truthy(look.scalar("$sa_spam_modifies_subj")):
         return ""
@@ -455,7 +501,19 @@ RULES: tuple[Rule, ...] = (
                  "has [metrics]")),
     Rule(("$sa_local_tests_only",), None,
          _absent("SpamAssassin's network tests are spamd's own configuration (local.cf)")),
-    Rule(("$banned_filename_re",), None, _absent("banned-file checks: issue 15")),
+    Rule(("$banned_filename_re",), None, _banned_filename_re),
+    Rule(("@whitelist_sender_maps", "@blacklist_sender_maps", "@score_sender_maps"), None,
+         _absent("sender lists live in the database: `lmtpfilter senders add RECIPIENT "
+                 "SENDER allow|bypass|block [--score N]` (addresses and domains; regular "
+                 "expressions do not carry over)")),
+    Rule(("$final_banned_destiny",), "policy.banned_destiny",
+         _other_destiny("$final_banned_destiny", "banned contents")),
+    Rule(("$final_bad_header_destiny",), "policy.bad_header_destiny",
+         _other_destiny("$final_bad_header_destiny", "bad headers")),
+    Rule(("@bypass_banned_checks_maps",), "policy.bypass_banned_checks",
+         _addresses("@bypass_banned_checks_maps")),
+    Rule(("@bypass_header_checks_maps",), "policy.bypass_header_checks",
+         _addresses("@bypass_header_checks_maps")),
 )
 
 

@@ -14,12 +14,13 @@ from . import metrics
 from .clamav import ClamdScanner, probe_version
 from .config import Config
 from .downstream import Downstream
-from .filtering import FilterStage
+from .filtering import FilterStage, SenderSource
 from .lmtp_server import Capabilities
 from .notify import Notifications, Outbox
 from .pipeline import Pipeline, Stage, Summary, key_value_summary
 from .policy import PolicySource
 from .quarantine import QuarantineFiles
+from .senderlists import SenderLists
 from .server import FilterServer
 from .spamd import SpamdScanner
 from .store import Store
@@ -35,12 +36,15 @@ def build_pipeline(config: Config, stages: Sequence[Stage]) -> Pipeline:
     return Pipeline(Downstream(config.downstream, hostname), hostname, stages)
 
 
-def filter_stage(config: Config, policies: PolicySource, hostname: str) -> FilterStage:
+def filter_stage(config: Config, policies: PolicySource, hostname: str,
+                 senders: SenderSource | None = None) -> FilterStage:
     return FilterStage(
         policies,
         ClamdScanner(config.clamav) if config.clamav.enabled else None,
         SpamdScanner(config.spamassassin) if config.spamassassin.enabled else None,
         config.policy.x_header_line.format(hostname=hostname),
+        config.content,
+        senders,
     )
 
 
@@ -58,7 +62,7 @@ def build(config: Config) -> Services:
     notifications = Notifications(config.notify, hostname)
     stages: list[Stage] = [
         filter_stage(config, DbPolicies(store, config.policy, config.database.policy_cache_ttl),
-                     hostname),
+                     hostname, SenderLists.from_config(store, config)),
         QuarantineStage(config, store, QuarantineFiles(config.quarantine), notifications),
     ]
     pipeline = Pipeline(Downstream(config.downstream, hostname), hostname, stages,

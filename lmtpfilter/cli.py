@@ -14,6 +14,7 @@ from typing import Any
 from . import __version__
 from . import config as cfg
 from .options import parse_duration
+from .policy import Category
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -105,7 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     logp = sub.add_parser("log", parents=[common], help="verdicts, one per recipient, newest first")
     _add_query_flags(logp)
     logp.add_argument("--action", choices=["deliver", "discard", "reject", "tempfail", "error"])
-    logp.add_argument("--category", choices=["clean", "spammy", "spam", "virus", "unchecked"])
+    logp.add_argument("--category", choices=[c.value for c in Category])
+    from .senders_admin import add_parser as add_senders
+
+    add_senders(sub, common)
     from .amavis_config import add_parser as add_import_amavis
 
     add_import_amavis(sub)
@@ -176,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quarantine": _quarantine,
         "sieve": _sieve,
         "log": _log,
+        "senders": _senders,
     }[args.command]
     import os
 
@@ -356,6 +361,18 @@ def _user(config: cfg.Config, args: argparse.Namespace) -> int:
         store.close()
 
 
+def _senders(config: cfg.Config, args: argparse.Namespace) -> int:
+    from .senders_admin import ConcurrentChange, NoSuchEntry, command
+
+    store = _open_store(config)
+    try:
+        return command(config, store, args)
+    except (NoSuchEntry, ConcurrentChange) as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+
+
 def _sync_after_change(config: cfg.Config, store: Any, key: str) -> None:
     from .sieve import SieveError, sync
 
@@ -507,6 +524,7 @@ def _log(config: cfg.Config, args: argparse.Namespace) -> int:
             score = "-" if m.spam_score is None else f"{m.spam_score:.1f}"
             virus = f" virus={m.virus_names}" if m.virus_names else ""
             quarantine = f" quarantine={v.quarantine_id}" if v.quarantine_id else ""
+            quarantine += f" rule={v.rule!r}" if v.rule else ""
             print(f"{m.received_at:%Y-%m-%d %H:%M:%S} {m.id} <{m.sender}> -> <{v.address}> "
                   f"{v.action}/{v.category} score={score}{virus}{quarantine} "
                   f"{v.reply_text}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .addresses import AddressList
+from .banned import DEFAULT_BANNED_RULES, BannedRule, parse_banned_rules
 from .options import (
     _DURATION_UNITS,
     Address,
@@ -163,6 +164,15 @@ class PolicyConfig:
     virus_destiny: str = option(
         "discard", one_of(*_DESTINIES), "What happens to a virus: pass | discard | reject.",
         per_user=True)
+    banned_destiny: str = option(
+        "discard", one_of(*_DESTINIES),
+        "What happens to a message with a part the [content] banned_rules ban: pass (with "
+        "X-Amavis-Alert) | discard (quarantined) | reject (amavis's $final_banned_destiny).",
+        per_user=True)
+    bad_header_destiny: str = option(
+        "pass", one_of(*_DESTINIES),
+        "What happens to a message with a bad header section: pass (with X-Amavis-Alert) | "
+        "discard (quarantined) | reject (amavis's $final_bad_header_destiny).", per_user=True)
     junk_destiny: str = option(
         "junk", one_of("junk", "inbox", "discard"),
         "What the user's Sieve script does with tagged spam: junk | inbox | discard.",
@@ -177,6 +187,14 @@ class PolicyConfig:
         [], parse_recipient_list,
         "Recipients not virus-checked, in the same forms; per user: true/false.",
         per_user=True)
+    bypass_banned_checks: AddressList = option(
+        [], parse_recipient_list,
+        "Recipients whose mail the [content] banned_rules do not stop, in the same forms; "
+        "per user: true/false.", per_user=True)
+    bypass_header_checks: AddressList = option(
+        [], parse_recipient_list,
+        "Recipients whose mail is not checked for bad headers, in the same forms; per user: "
+        "true/false.", per_user=True)
     local_domains: AddressList = option(
         [], parse_recipient_list,
         'Local recipients, in the same forms (Debian\'s amavis: [".example.org"]); only they '
@@ -213,6 +231,21 @@ def per_user_options() -> list[dataclasses.Field[Any]]:
 def cli_flag(f: dataclasses.Field[Any]) -> str:
     """The `lmtpfilter user set` flag of a per-user key: kill_level -> --kill-level."""
     return "--" + key_of(f).replace("_", "-")
+
+
+@dataclass(frozen=True)
+class SendersConfig:
+    """Per-recipient sender lists (`lmtpfilter senders`; lmtpfilter/senderlists.py)."""
+
+    SECTION: ClassVar[str] = "senders"
+    enabled: bool = option(
+        True, parse_bool,
+        "Apply the sender lists of `lmtpfilter senders` (allow, bypass, block per recipient, "
+        "address or domain, as amavis's wblist); false ignores them without a query.")
+    allow_shift: float = option(
+        -3.0, parse_float,
+        "Added to the spam score of mail from an allowed sender when the entry gives no "
+        "--score (amavis's soft-whitelisting, @score_sender_maps; Debian's examples use -3).")
 
 
 @dataclass(frozen=True)
@@ -293,6 +326,36 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ContentConfig:
+    """The [content] section: the content inventory and the banned-contents rules
+    (mime_walk.py, banned.py). The limits default to amavis's Debian defaults ($MAXLEVELS,
+    $MAXFILES, $MAX_EXPANSION_QUOTA), so that what amavis looked into is looked into; the
+    walk streams archives, so memory does not grow with them."""
+
+    SECTION: ClassVar[str] = "content"
+    enabled: bool = option(
+        True, parse_bool, "List every part and archive member and apply banned_rules.")
+    banned_rules: tuple[BannedRule, ...] = option(
+        list(DEFAULT_BANNED_RULES), parse_banned_rules,
+        'Ordered rules, first match wins: "allow|ban MATCHER[:ARG]" with name:GLOB, '
+        "name-re:REGEX, declared-type:GLOB, detected-type:GLOB, double-extension[:EXTS], "
+        "encrypted-archive, unreadable-archive, incomplete, mime-error, any. The default is "
+        "amavis's Debian $banned_filename_re plus scripts and shortcuts, unreadable "
+        "archives and incomplete inspection (see lmtpfilter/banned.py).")
+    max_depth: int = option(
+        14, int_in_range(1, 100), "Deepest MIME plus archive nesting looked into "
+        "(amavis's $MAXLEVELS); deeper is incomplete.")
+    max_parts: int = option(
+        1500, int_in_range(1, 1_000_000), "Most MIME parts plus archive members looked at "
+        "(amavis's $MAXFILES); more is incomplete.")
+    max_expanded: int = option(
+        "300M", parse_size, "Most bytes decompressed from archives per message (amavis's "
+        "$MAX_EXPANSION_QUOTA); more is incomplete (a zip bomb).")
+    time_limit: float = option(
+        "10s", parse_duration, "Longest walk of one message; longer is incomplete.")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     SECTION: ClassVar[str] = "log"
     format: str = option(
@@ -324,6 +387,7 @@ class Config:
     clamav: ClamavConfig = field(default_factory=ClamavConfig)
     spamassassin: SpamassassinConfig = field(default_factory=SpamassassinConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    senders: SendersConfig = field(default_factory=SendersConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
@@ -331,6 +395,7 @@ class Config:
     janitor: JanitorConfig = field(default_factory=JanitorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
     source: str = "(defaults)"
     # [server].hostname, or the machine's FQDN: resolved once, here, because getfqdn() may
     # ask the resolver and the name is read on the event loop (Received:, quarantine copies).
@@ -474,6 +539,7 @@ def reference() -> str:
                 meaning += " One of: " + ", ".join(f"`{c}`" for c in choices) + "."
             if f.metadata["per_user"]:
                 meaning += f" Per user or domain: `lmtpfilter user set {cli_flag(f)}`."
-            default = _toml_value(f.metadata["raw_default"])
+            # a "|" (in a rule's regex) would end the table cell, even in backticks
+            default = _toml_value(f.metadata["raw_default"]).replace("|", "\\|")
             out.append(f"| `{key_of(f)}` | `{default}` | {meaning} |")
     return "\n".join(out) + "\n"

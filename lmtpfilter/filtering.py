@@ -1,7 +1,10 @@
 """The filter stage: policies looked up, the message scanned once, a decision per recipient.
 
 Only the scans some recipient needs are run (a recipient that bypasses virus checks does not
-need clamd), and clamd and spamd run in parallel. Each recipient then gets
+need clamd), and clamd, spamd and the content checks (banned parts, bad headers: content.py,
+header_checks.py) run in parallel; the content walk runs in a thread when the message has
+parts to walk, so that a hostile archive never stalls the other sessions. The sender lists
+are looked up for every recipient at once (senderlists.py, cached). Each recipient then gets
 :func:`~lmtpfilter.policy.decide`'s verdict: its copy's headers, or a final reply.
 """
 
@@ -9,17 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import metrics
+from .content import inspect
+from .header_checks import (
+    AMAVIS_MINOR_CATEGORY,
+    AMAVIS_OFF_BY_DEFAULT,
+    BadHeader,
+    check_headers,
+)
 from .headers import encode_tag, is_forgeable
 from .message import Message
 from .pipeline import Recipient, Transaction
-from .policy import Action, Decision, PolicySource, decide
+from .policy import Action, Decision, PolicySource, SenderVerdict, decide
 from .reply import Reply
-from .scanresult import ScanResult, SpamResult, Status, VirusResult
+from .scanresult import NOT_INSPECTED, ContentResult, ScanResult, SpamResult, Status, VirusResult
+
+if TYPE_CHECKING:
+    from .config import ContentConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +48,24 @@ class SpamScanner(Protocol):
     async def check(self, data: bytes, envelope_sender: str) -> SpamResult: ...
 
 
+class SenderSource(Protocol):
+    """senderlists.SenderLists: each recipient's matching sender-list entry, or None."""
+
+    async def matches(self, sender: str, recipients: Iterable[str], delimiter: str = ""
+                      ) -> Mapping[str, SenderVerdict | None]: ...
+
+
 class FilterStage:
     def __init__(self, policies: PolicySource, clamd: VirusScanner | None,
-                 spamd: SpamScanner | None, x_header_line: str) -> None:
+                 spamd: SpamScanner | None, x_header_line: str,
+                 content: ContentConfig | None = None,
+                 senders: SenderSource | None = None) -> None:
         self.policies = policies
         self.clamd = clamd
         self.spamd = spamd
         self.x_header_line = x_header_line
+        self.content = content if content is not None and content.enabled else None
+        self.senders = senders
 
     async def __call__(self, tx: Transaction, recipients: Sequence[Recipient]) -> None:
         recipients = [r for r in recipients if not r.settled]
@@ -49,34 +74,62 @@ class FilterStage:
         policies = await self.policies.lookup(r.address for r in recipients)
         need_virus = any(not p.listed(p.bypass_virus_checks) for p in policies.values())
         need_spam = any(not p.listed(p.bypass_spam_checks) for p in policies.values())
-        tx.scan = await self.scan(tx.message.data, tx.sender, need_virus, need_spam)
+        need_content = any(not (p.listed(p.bypass_banned_checks)
+                                and p.listed(p.bypass_header_checks))
+                           for p in policies.values())
+        senders: Mapping[str, SenderVerdict | None] = {}
+        if self.senders is not None:
+            delimiter = next(iter(policies.values())).recipient_delimiter
+            senders = await self.senders.matches(tx.sender, [r.address for r in recipients],
+                                                 delimiter)
+        tx.scan = await self.scan(tx.message.data, tx.sender, need_virus, need_spam,
+                                  tx.message if need_content else None,
+                                  smtputf8(tx.mail_params))
         for name, status, seconds in (("clamav", tx.scan.virus.status, tx.scan.virus.seconds),
                                       ("spamassassin", tx.scan.spam.status,
-                                       tx.scan.spam.seconds)):
+                                       tx.scan.spam.seconds),
+                                      ("content", tx.scan.content.status,
+                                       tx.scan.content.seconds)):
             if status is Status.ERROR:
                 metrics.SCAN_ERRORS.labels(name).inc()
             elif status not in (Status.DISABLED, Status.SKIPPED):
                 metrics.SCAN_SECONDS.labels(name).observe(seconds)
-        if tx.scan.virus.status is Status.ERROR or tx.scan.spam.status is Status.ERROR:
+        if Status.ERROR in (tx.scan.virus.status, tx.scan.spam.status, tx.scan.content.status):
             log.warning("tx=%s scanner failure: %s", tx.id,
-                        "; ".join(e for e in (tx.scan.virus.error, tx.scan.spam.error) if e))
+                        "; ".join(e for e in (tx.scan.virus.error, tx.scan.spam.error,
+                                              tx.scan.content.error) if e))
         # A sender must not be able to forge a verdict: our headers replace theirs.
         forged = forged_headers(tx.message)
         for r in recipients:
             r.policy = policies[r.address]
-            r.decision = decide(tx.scan, r.policy, self.x_header_line)
+            r.decision = decide(tx.scan, r.policy, self.x_header_line, senders.get(r.address))
             self.apply(r, r.decision, forged, tx.scan)
 
-    async def scan(self, data: bytes, sender: str, need_virus: bool, need_spam: bool
-                   ) -> ScanResult:
-        """Both scans in parallel; a scan nobody needs (or that is disabled) is not run."""
+    async def scan(self, data: bytes, sender: str, need_virus: bool, need_spam: bool,
+                   message: Message | None = None, smtputf8: bool = False) -> ScanResult:
+        """The scans in parallel; a scan nobody needs (or that is disabled) is not run. The
+        content checks run when `message` is given (someone needs them)."""
         virus = self.clamd.scan(data) if self.clamd and need_virus else None
         spam = self.spamd.check(data, sender) if self.spamd and need_spam else None
-        if virus and spam:
+        content = self.check_content(message, smtputf8) \
+            if self.content is not None and message is not None else None
+        if virus and spam and content is None:
             v, s = await asyncio.gather(virus, spam)
             return ScanResult(v, s)
-        return ScanResult(await virus if virus else VirusResult(Status.DISABLED),
-                          await spam if spam else SpamResult(Status.DISABLED))
+        results = await asyncio.gather(*(c for c in (virus, spam, content) if c is not None))
+        found = iter(results)
+        return ScanResult(next(found) if virus else VirusResult(Status.DISABLED),  # type: ignore[arg-type]
+                          next(found) if spam else SpamResult(Status.DISABLED),  # type: ignore[arg-type]
+                          next(found) if content else NOT_INSPECTED)  # type: ignore[arg-type]
+
+    async def check_content(self, message: Message, smtputf8: bool) -> ContentResult:
+        """Banned parts and bad headers. A message with something to walk (parts, a body
+        that may be an archive) is walked in a thread; a plain text one is cheap and done
+        here."""
+        assert self.content is not None
+        if not _is_plain_text(message):
+            return await asyncio.to_thread(content_checks, message, self.content, smtputf8)
+        return content_checks(message, self.content, smtputf8)
 
     @staticmethod
     def apply(r: Recipient, decision: Decision, forged: frozenset[str], scan: ScanResult
@@ -93,7 +146,42 @@ class FilterStage:
             r.reply = decision.reply
 
 
-_FORGEABLE_HINTS = (b"x-spam-", b"x-virus-", b"x-quarantine-id")
+def smtputf8(mail_params: Sequence[str]) -> bool:
+    """Did the client say SMTPUTF8 in MAIL FROM (RFC 6531)? UTF-8 headers are legal then."""
+    return any(p.upper() == "SMTPUTF8" for p in mail_params)
+
+
+def _is_plain_text(message: Message) -> bool:
+    """A single text body (RFC 2045 §5.2: no Content-Type is text/plain)."""
+    content_type = message.header_text("content-type").strip().lower()
+    return content_type == "" or content_type.startswith("text/")
+
+
+def content_checks(message: Message, config: ContentConfig, smtputf8: bool) -> ContentResult:
+    """The content facts the policy needs, as texts (scanresult.ContentResult). An exception
+    here is a bug, never the input (hostile input becomes facts): it fails closed, as a
+    scanner that is down does."""
+    started = time.perf_counter()
+    try:
+        facts = inspect(message, config)
+        found = check_headers(message, smtputf8)
+    except Exception as exc:
+        log.exception("content check failed")
+        return ContentResult(Status.ERROR, error=f"content check failed: {exc!r}"[:200],
+                             seconds=time.perf_counter() - started)
+    # amavis's default leaves UTF-8 headers without SMTPUTF8 alone ($allowed_header_tests).
+    bad = [b for b in found if b.kind not in AMAVIS_OFF_BY_DEFAULT]
+    bad += [BadHeader("mime", f"MIME error: {p.detail}")
+            for p in facts.problems if p.kind == "mime-error"]
+    banned = facts.banned
+    return ContentResult(Status.CLEAN, banned.reason if banned else "",
+                         banned.rule if banned else "", tuple(b.detail for b in bad),
+                         seconds=time.perf_counter() - started,
+                         bad_header_minor=AMAVIS_MINOR_CATEGORY[bad[0].kind] if bad else 0,
+                         banned_part=banned.part_path if banned else "")
+
+
+_FORGEABLE_HINTS = (b"x-spam-", b"x-virus-", b"x-quarantine-id", b"x-amavis-alert")
 
 
 def forged_headers(message: Message) -> frozenset[str]:

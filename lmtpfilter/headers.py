@@ -9,6 +9,7 @@ Sieve rules and habits of amavisd-new users depend on these exact forms (docs/de
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from email.header import Header
 
@@ -17,7 +18,7 @@ from .message import fold
 # Incoming fields with these names (or prefixes) are removed from every delivered copy, so
 # that a sender cannot forge a verdict (docs/design.md §4).
 FORGEABLE_PREFIXES = ("x-spam-", "x-virus-")
-FORGEABLE_NAMES = frozenset({"x-quarantine-id"})
+FORGEABLE_NAMES = frozenset({"x-quarantine-id", "x-amavis-alert"})
 
 
 def is_forgeable(name: str) -> bool:
@@ -66,6 +67,33 @@ def virus_status(names: Sequence[str]) -> bytes:
 
 def quarantine_id(qid: str) -> bytes:
     return fold("X-Quarantine-ID", f"<{qid}>")
+
+
+# What the alert may quote from the message (a header excerpt, a file name) is shown as
+# amavis's check_header_validity shows it: each octet outside printable ASCII as \x{HH}. So
+# no 8-bit byte, control character or line break of the sender's ever gets into our header.
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+_ALERT_MAX = 900  # characters of text: every folded line stays far below 998 (RFC 5322 §2.1.1)
+
+
+def amavis_alert(text: str) -> bytes:
+    """An "X-Amavis-Alert:" field as amavisd-new writes it, folded, e.g.
+    X-Amavis-Alert: BAD HEADER SECTION, Duplicate header field: "Subject"
+    X-Amavis-Alert: BANNED, message contains invoice.pdf.exe
+    """
+    try:  # a name decoded with surrogateescape shows its original bytes
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogatepass")
+    octets = _NOT_PRINTABLE.sub(lambda m: b"\\x{%02X}" % m[0][0], raw)
+    shown = octets.decode("ascii")
+    if len(shown) > _ALERT_MAX:
+        shown = shown[: _ALERT_MAX - 5]
+        escape = shown.rfind("\\x{", len(shown) - 5)
+        if escape >= 0 and "}" not in shown[escape:]:  # not half an escape
+            shown = shown[:escape]
+        shown += "[...]"
+    return fold("X-Amavis-Alert", shown)
 
 
 def encode_tag(tag: str) -> bytes:

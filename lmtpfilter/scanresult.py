@@ -39,9 +39,32 @@ class SpamResult:
 
 
 @dataclass(frozen=True)
+class ContentResult:
+    """The content checks (banned parts, bad headers), as the policy needs them: texts.
+
+    `banned` is amavis's alert text ("BANNED, message contains x.exe") of the first part the
+    [content] rules ban, with `banned_rule` the rule as written; `bad_headers` the details of
+    what is wrong in the header section (and MIME syntax that hides parts), amavis's wording.
+    """
+
+    status: Status  # CLEAN (inspected), ERROR (inspection failed), DISABLED (not run)
+    banned: str = ""
+    banned_rule: str = ""
+    bad_headers: tuple[str, ...] = ()
+    error: str = ""
+    seconds: float = 0.0
+    bad_header_minor: int = 0  # amavis's BAD-HEADER-<n> of the first bad header (logs)
+    banned_part: str = ""  # the banned part's path ("invoice.zip/evil.exe"), for replies
+
+
+NOT_INSPECTED = ContentResult(Status.DISABLED)
+
+
+@dataclass(frozen=True)
 class ScanResult:
     virus: VirusResult
     spam: SpamResult
+    content: ContentResult = NOT_INSPECTED
 
 
 async def guarded(call: Awaitable[R], timeout: float, what: str,

@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     func,
@@ -97,11 +98,14 @@ class RecipientVerdict(Base):
     position: Mapped[int] = mapped_column(Integer)  # RCPT order
     address: Mapped[str] = mapped_column(String(512), index=True)
     action: Mapped[str] = mapped_column(String(16))  # deliver|discard|reject|tempfail|error
-    category: Mapped[str] = mapped_column(String(16))  # clean|spammy|spam|virus|unchecked
+    category: Mapped[str] = mapped_column(String(16))  # policy.Category: clean, spam, banned, ...
     reply_code: Mapped[int] = mapped_column(Integer)  # the reply we gave Postfix
     reply_text: Mapped[str] = mapped_column(Text)
     downstream_reply: Mapped[str] = mapped_column(Text, default="")  # when delivered
     quarantine_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # What decided besides the scores: the [content] rule that banned a part, the bad header,
+    # the sender list entry (policy.Decision.rule); "" when the scores alone decided.
+    rule: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 # `lmtpfilter log --recipient` matches addresses case-insensitively (lmtpfilter/queries.py).
@@ -189,6 +193,26 @@ class Notification(Base):
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class SenderListEntry(Base):
+    """One entry of the per-recipient sender lists (`lmtpfilter senders`, senderlists.py).
+
+    Keys are stored normalised (senderlists.recipient_key / sender_key): lower-case, domains
+    in their ASCII (xn--) form. recipient: "user@dom", "@dom", ".dom" or "." (everyone);
+    sender: "user@dom", "@dom", ".dom" (and its subdomains) or "<>" (the null sender).
+    """
+
+    __tablename__ = "sender_lists"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    recipient: Mapped[str] = mapped_column(String(512))
+    sender: Mapped[str] = mapped_column(String(512))
+    action: Mapped[str] = mapped_column(String(16))  # allow | bypass | block
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)  # allow: None = default
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    note: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (UniqueConstraint("recipient", "sender"),)
 
 
 # ---------------------------------------------------------------------------------------------

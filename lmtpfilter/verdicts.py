@@ -48,11 +48,20 @@ DISCARDED = Reply(250, "2.7.0", "Ok, discarded")
 
 
 def reason_of(scan: ScanResult | None, category: Category) -> tuple[str, str]:
-    """("virus", names) or ("spam", score) for the quarantine row."""
+    """The quarantine row's reason and detail: ("virus", names), ("banned", what and the
+    rule), ("bad-header", what), or ("spam", score)."""
     if category is Category.VIRUS and scan is not None:
         return "virus", ", ".join(scan.virus.names)
+    if category is Category.BANNED and scan is not None:
+        return "banned", f"{scan.content.banned} (rule: {scan.content.banned_rule})"
+    if category is Category.BAD_HEADER and scan is not None:
+        return "bad-header", "; ".join(scan.content.bad_headers)
     score = scan.spam.score if scan is not None and scan.spam.status is Status.SCORED else 0.0
     return "spam", number(score)
+
+
+# The quarantine row's reason: the worst category of those kept (as amavis files it).
+_KEPT_ORDER = (Category.VIRUS, Category.BANNED, Category.SPAM, Category.BAD_HEADER)
 
 
 class QuarantineStage:
@@ -66,15 +75,15 @@ class QuarantineStage:
     async def __call__(self, tx: Transaction, recipients: Sequence[Recipient]) -> None:
         discard = [r for r in recipients if r.decision and r.decision.action is Action.DISCARD]
         keep = [r for r in recipients if r.decision and r.decision.quarantine
-                and (r.decision.category is Category.VIRUS or self.config.quarantine.spam)]
+                and (r.decision.category is not Category.SPAM or self.config.quarantine.spam)]
         for r in discard:
             r.reply = PENDING  # until the copy is durable, or when no copy is wanted
         if not keep:
             for r in discard:  # explicit policy: kill-level spam discarded without a copy
                 r.reply = DISCARDED
             return
-        worst = Category.VIRUS if any(r.decision and r.decision.category is Category.VIRUS
-                                      for r in keep) else Category.SPAM
+        kept = {r.decision.category for r in keep if r.decision}
+        worst = next(c for c in _KEPT_ORDER if c in kept)
         qid = new_id()
         try:
             await self._store(tx, qid, worst, keep)
@@ -199,7 +208,8 @@ class Recorder:
             spam_rules=",".join(f"{n}={number(p)}" for n, p in spam.rules) if spam else "",
             spam_seconds=spam.seconds if spam else 0.0,
             scanner_errors="; ".join(e for e in (virus.error if virus else "",
-                                                 spam.error if spam else "") if e),
+                                                 spam.error if spam else "",
+                                                 scan.content.error if scan else "") if e),
         )
         verdicts: list[dict[str, object]] = []
         for r, reply in zip(recipients, replies, strict=True):
@@ -213,6 +223,7 @@ class Recorder:
                 reply_code=reply.code, reply_text=reply.line(),
                 downstream_reply=reply.line() if action == "deliver" else "",
                 quarantine_id=tx.quarantine_id if decision and decision.quarantine else None,
+                rule=decision.rule[:1000] if decision else "",
             ))
         return message, verdicts
 

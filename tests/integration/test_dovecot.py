@@ -15,7 +15,7 @@ from tests.lmtp_tools import lmtp_session
 pytestmark = pytest.mark.integration
 
 CORPUS = Path(__file__).parent.parent / "data" / "messages"
-FORGEABLE = re.compile(rb"^(x-spam-|x-virus-|x-quarantine-id:)", re.I | re.M)
+FORGEABLE = re.compile(rb"^(x-spam-|x-virus-|x-quarantine-id:|x-amavis-alert:)", re.I | re.M)
 MANIFEST = tomllib.loads((CORPUS / "MANIFEST.toml").read_text())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,14 @@ from lmtpfilter.addresses import AddressList
 from lmtpfilter.config import PolicyConfig, from_mapping
 from lmtpfilter.options import declared
 from lmtpfilter.policy import Action, Category, RecipientPolicy, decide
-from lmtpfilter.scanresult import ScanResult, SpamResult, Status, VirusResult
+from lmtpfilter.scanresult import (
+    NOT_INSPECTED,
+    ContentResult,
+    ScanResult,
+    SpamResult,
+    Status,
+    VirusResult,
+)
 from lmtpfilter.userpolicy import validate_override
 
 CASES = tomllib.loads(
@@ -36,6 +44,26 @@ def spam(spec: str) -> SpamResult:
                        "disabled": Status.DISABLED}[kind])
 
 
+def content(spec: dict[str, Any]) -> ContentResult:
+    if not spec:
+        return NOT_INSPECTED
+    return ContentResult(Status.ERROR if spec.get("error") else Status.CLEAN,
+                         spec.get("banned", ""), spec.get("banned_rule", ""),
+                         tuple(spec.get("bad_headers", ())),
+                         banned_part=spec.get("banned_part", ""))
+
+
+@dataclass(frozen=True)
+class SenderEntry:  # what senderlists.py hands the policy
+    action: str
+    score: float = 0.0
+    entry: str = ""
+
+
+def sender(spec: dict[str, Any] | None) -> SenderEntry | None:
+    return None if spec is None else SenderEntry(**spec)
+
+
 def unfold(field: bytes) -> str:
     return re.sub(r"\r\n[ \t]+", " ", field.decode())
 
@@ -47,11 +75,14 @@ def test_decide(case: dict[str, Any]) -> None:
     section = from_mapping({"policy": case.get("config", {})}).policy
     policy = RecipientPolicy.of(section, case.get("recipient", "rcpt@example.org")).overridden(
         {k: validate_override(k, v) for k, v in case.get("policy", {}).items()})
-    decision = decide(ScanResult(virus(case["virus"]), spam(case["spam"])), policy,
-                      "lmtpfilter at mx.test")
+    decision = decide(ScanResult(virus(case["virus"]), spam(case["spam"]),
+                                 content(case.get("content", {}))), policy,
+                      "lmtpfilter at mx.test", sender(case.get("sender")))
     expect = case["expect"]
     assert decision.action is Action(expect["action"])
     assert decision.category is Category(expect["category"])
+    if "rule" in expect:
+        assert decision.rule == expect["rule"]
     if "reply" in expect:
         assert decision.reply is not None and decision.reply.line().startswith(expect["reply"])
     elif decision.action is Action.DELIVER:
