@@ -63,10 +63,12 @@ DEFAULT_BANNED_RULES: tuple[str, ...] = (
     # Password-protected zips are how many businesses send invoices and records; its member
     # names stay visible and are checked by the rules above. Add "ban encrypted-archive"
     # to refuse them.
-    # Banned, unlike amavis (which passes what it could not decode): an archive that cannot
-    # be read and a walk cut short by a limit hide their contents, and a zip bomb or a
-    # 10,000-part message must be a decision, not a pass of what was not looked at.
-    "ban unreadable-archive",
+    # Banned, unlike amavis (which passes what it could not decode): a walk cut short by a
+    # limit (14 levels, 1500 parts, 300 MB expanded: far beyond real mail) hides the rest,
+    # and a zip bomb or a 10,000-part message must be a decision, not a pass of what was not
+    # looked at. An archive that cannot be read at all is allowed, as in amavis: truncated
+    # and damaged attachments are common in honest mail, and clamd still scans the bytes
+    # (add "ban unreadable-archive" to refuse them).
     "ban incomplete",
 )
 

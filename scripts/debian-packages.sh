@@ -2,8 +2,13 @@
 # installed only when missing (so a second run does not touch apt at all).
 # shellcheck shell=bash
 
+# What lmtpfilter itself needs at run time besides Python: libmagic (detected types) and
+# libarchive (archive members), through packages whose names Debian 12 and 13 share.
+LMTPFILTER_RUNTIME_LIBRARIES=(file libarchive-tools)
+
 LMTPFILTER_DEB_PACKAGES=(
   python3 python3-venv python3-pip
+  "${LMTPFILTER_RUNTIME_LIBRARIES[@]}"
   postfix                                   # the MTA in front (and smtp-source/smtp-sink)
   dovecot-core dovecot-lmtpd dovecot-sieve dovecot-managesieved   # final delivery + Sieve
   clamav-daemon clamdscan clamav-testfiles  # virus scanning

@@ -41,8 +41,10 @@ fi
 if getent passwd postfix > /dev/null; then usermod -aG "$USER_NAME" postfix; fi
 
 # Debian's own Python: the service user must be able to run it (a Python under /root would
-# not do), and it is the one security updates reach.
-install_debian_packages python3 python3-venv
+# not do), and it is the one security updates reach. libmagic and libarchive, which the
+# content checks use, come with `file` and `libarchive-tools` (their names are the same on
+# Debian 12 and 13, where the libraries' own names differ).
+install_debian_packages python3 python3-venv "${LMTPFILTER_RUNTIME_LIBRARIES[@]}"
 mkdir -p "$PREFIX"
 PYTHON=/usr/bin/python3 make_venv "$PREFIX/venv" --upgrade .
 mkdir -p "$BIN"

@@ -2,7 +2,8 @@
 
 Issue 15: the [policy] keys banned_destiny, bad_header_destiny, bypass_banned_checks and
 bypass_header_checks per user; recipient_verdicts.rule (what decided besides the scores).
-add_column keeps SQLite's table (no copy-and-move), so the expression index of 0003 stays.
+add_column keeps SQLite's table (no copy-and-move), so the expression index of 0003 stays;
+drop_column copies it, so the downgrade makes the index again.
 
 Revision ID: 0005
 Revises: 0004
@@ -47,5 +48,10 @@ def downgrade() -> None:
 
     with op.batch_alter_table('recipient_verdicts', schema=None) as batch_op:
         batch_op.drop_column('rule')
+    if op.get_bind().dialect.name == 'sqlite':
+        # SQLite drops a column by copying the table, which loses the expression index of
+        # 0003 (Alembic cannot reflect it): made again, as 0003 made it.
+        op.create_index('ix_recipient_verdicts_address_lower', 'recipient_verdicts',
+                        [sa.text('lower(address)')], unique=False)
 
     # ### end Alembic commands ###

@@ -43,6 +43,7 @@ def syslog_filter(filter_process: type[FilterProcess], daemon_base: Path, doveco
 
 def message(subject: str, body: bytes) -> bytes:
     return (f"From: sender@example.net\r\nTo: user1@example.org\r\nSubject: {subject}\r\n"
+            f"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\n"
             f"Message-ID: <{subject.replace(' ', '-')}@example.net>\r\n\r\n").encode() \
         + body + b"\r\n"
 

@@ -35,7 +35,8 @@ async def test_metrics_count_a_known_sequence(
     text = filter_config(f"127.0.0.1:{dovecot.lmtp_port}", [listen],
                          server="workers = 2", metrics=f'listen = "127.0.0.1:{port}"')
     proc = filter_process(workdir, text, listen).start()
-    msg = b"Subject: counted\r\n\r\nhello\r\n"
+    msg = (b"From: s@example.net\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\n"
+           b"Subject: counted\r\n\r\nhello\r\n")
     for _ in range(5):  # 5 messages x (2 delivered + 1 unknown user)
         result = await lmtp_session(proc.listen, "s@example.net",
                                     ["user1@example.org", "user2@example.org",

@@ -132,7 +132,7 @@ async def test_recipient_with_virus_destiny_pass_gets_it_tagged(
     try:
         before = len(dovecot.messages(U2))
         result = await lmtp_session(proc.listen, "s@example.net", [U1, U2],
-                                    message("per user", attachment=("x.com", EICAR)))
+                                    message("per user", attachment=("x.txt", EICAR)))
         assert result.data_replies[0].startswith("250 2.7.0 Ok, discarded, quarantined as ")
         assert result.data_replies[1].startswith("250 2.0.0 <user2@example.org>")
         stored = dovecot.wait_for_messages(U2, before + 1)

@@ -187,7 +187,7 @@ async def test_three_recipients_three_header_sets(
                      'bypass_virus_checks = ["user3@example.org"]']))
     users = ["user1@example.org", "user2@example.org", "user3@example.org"]
     before = {u: snapshot(dovecot, u) for u in users}
-    msg = message("both", GTUBE.decode() + "\n", attachment=("eicar.com", EICAR))
+    msg = message("both", GTUBE.decode() + "\n", attachment=("eicar.txt", EICAR))
     result = await lmtp_session(proc.listen, "s@example.net", users, msg)
     assert [r[:9] for r in result.data_replies] == ["250 2.0.0"] * 3
     got = {u: newest(dovecot, u, before[u]) for u in users}

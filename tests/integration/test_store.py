@@ -242,7 +242,7 @@ async def test_bulk_rows_read_back_like_orm_rows(db_url: str) -> None:
         return dict(message_id=tx_id, position=position, address=f"{position}@x",
                     action="deliver", category="clean", reply_code=250,
                     reply_text="250 2.0.0 ok", downstream_reply="250 2.0.0 ok",
-                    quarantine_id=None)
+                    quarantine_id=None, rule="")
 
     try:
         await store.bulk.insert([(messages, [message("T1"), message("T2")]),

@@ -18,7 +18,7 @@ from lmtpfilter.downstream import Downstream
 from lmtpfilter.lmtp_protocol import Envelope, Piece
 from lmtpfilter.message import Message
 from lmtpfilter.pipeline import Pipeline, Recipient, Stage, Transaction
-from lmtpfilter.policy import Decision
+from lmtpfilter.policy import Action, Category, Decision
 from lmtpfilter.reply import INTERNAL_ERROR, Reply
 
 RCPTS = ["a@example.org", "b@example.org", "c@example.org"]
@@ -186,3 +186,31 @@ async def test_cancelled_process_puts_the_gauge_back_and_counts_nothing() -> Non
         await task
     # Not answered (the session gets 421 at shutdown and Postfix retries): not counted.
     assert Snapshot.take().moved_since(before) == Snapshot(0.0, 0.0, replies_of(), 0.0)
+
+
+class Decides:
+    """Gives each recipient the decision it is told to (the filter stage's part)."""
+
+    def __init__(self, *decisions: Decision) -> None:
+        self.decisions = decisions
+
+    async def __call__(self, tx: Transaction, recipients: Sequence[Recipient]) -> None:
+        for r, decision in zip(recipients, self.decisions, strict=True):
+            r.decision = decision
+            if decision.action is not Action.DELIVER:
+                r.reply = decision.reply or Reply(250, "2.7.0", "Ok, discarded")
+
+
+async def test_the_content_categories_are_counted() -> None:
+    """Issue 15: the metrics count recipients by category, banned and bad-header too."""
+    def count(action: str, category: str) -> float:
+        return REGISTRY.get_sample_value(
+            "lmtpfilter_recipients_total", {"action": action, "category": category}) or 0.0
+
+    wanted = [("discard", "banned"), ("deliver", "bad-header"), ("reject", "banned")]
+    before = [count(a, c) for a, c in wanted]
+    stage = Decides(Decision(Action.DISCARD, Category.BANNED),
+                    Decision(Action.DELIVER, Category.BAD_HEADER),
+                    Decision(Action.REJECT, Category.BANNED, Reply(550, "5.7.1", "banned")))
+    await pipeline(StubDownstream(), [stage]).process(transaction())
+    assert [count(a, c) - b for (a, c), b in zip(wanted, before, strict=True)] == [1.0] * 3
