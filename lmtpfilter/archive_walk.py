@@ -160,9 +160,31 @@ def detect(sample: bytes) -> str:
         try:
             if _magic is None:
                 _magic = magic.Magic(mime=True)
-            return str(_magic.from_buffer(sample)).lower()
+            found = str(_magic.from_buffer(sample)).lower()
         except (magic.MagicException, OSError, ValueError):
-            return ""
+            found = ""
+    if found in ("", "application/octet-stream"):
+        return _archive_signature(sample) or found
+    return found
+
+
+# The leading bytes of the archive formats, for where libmagic does not name them: libmagic
+# 5.46 (Debian 13) calls some plain zips "application/octet-stream" where 5.44 (Debian 12)
+# says "application/zip"; an archive must be opened whatever the libmagic in use.
+_ARCHIVE_SIGNATURES = (
+    (0, b"PK\x03\x04", "application/zip"), (0, b"PK\x05\x06", "application/zip"),
+    (0, b"\x1f\x8b", "application/gzip"), (0, b"BZh", "application/x-bzip2"),
+    (0, b"\xfd7zXZ\x00", "application/x-xz"),
+    (0, b"7z\xbc\xaf\x27\x1c", "application/x-7z-compressed"),
+    (0, b"Rar!\x1a\x07", "application/x-rar"), (257, b"ustar", "application/x-tar"),
+)
+
+
+def _archive_signature(sample: bytes) -> str:
+    for offset, signature, mime_type in _ARCHIVE_SIGNATURES:
+        if sample.startswith(signature, offset):
+            return mime_type
+    return ""
 
 
 # What libarchive reads (zip, tar, gzip, bzip2, xz, 7z, rar, cab, cpio, iso, ar, lha), by
