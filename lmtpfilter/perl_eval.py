@@ -121,15 +121,7 @@ class Statement:
         offset = 1
         if tok.sigil == "$" and (self.at("{", 1) or self.at("[", 1)):
             close = "}" if self.at("{", 1) else "]"
-            depth, offset = 0, 1
-            while (t := self.peek(offset)) is not None:
-                if t.kind == "op" and t.text in "{[(":
-                    depth += 1
-                elif t.kind == "op" and t.text in "}])":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                offset += 1
+            offset = self.closing(1)
             if not self.at(close, offset):
                 return False
             offset += 1
@@ -470,16 +462,23 @@ class Statement:
         self.expect(")")
         return call_function(word, args, tok.line)
 
-    def skip_balanced(self) -> None:
+    def closing(self, offset: int) -> int:
+        """The offset of the bracket that closes the one at `offset` (nested ones counted),
+        or the offset past the last token if it is never closed."""
         depth = 0
-        while (tok := self.peek()) is not None:
-            self.pos += 1
+        while (tok := self.peek(offset)) is not None:
             if tok.kind == "op" and tok.text in "{[(":
                 depth += 1
             elif tok.kind == "op" and tok.text in "}])":
                 depth -= 1
                 if depth == 0:
-                    return
+                    return offset
+            offset += 1
+        return offset
+
+    def skip_balanced(self) -> None:
+        end = self.closing(0)
+        self.pos += end + 1 if self.peek(end) is not None else end
 
     def string(self, tok: Token) -> Value:
         if tok.sigil in ("'", "q"):
