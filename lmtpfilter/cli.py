@@ -342,20 +342,25 @@ def _user(config: cfg.Config, args: argparse.Namespace) -> int:
                 print(f"{name} = {value!r}{mark}")
             return EXIT_OK
         if args.action == "delete":
-            deleted = store.transaction(lambda s: _delete_user(s, key))
-            if not deleted:
+            def delete(s: Any) -> bool:
+                return _delete_user(s, key)
+            if not store.preview(delete):
                 raise CliError(f"no overrides for {key}")
+            _install_scripts_of(config, store, key, delete)
+            store.transaction(delete)
             print(f"deleted overrides of {key}")
-            _sync_after_change(config, store, key)
             return EXIT_OK
         changes = {k: getattr(args, k) for k in up.OVERRIDABLE
                    if getattr(args, k, None) is not None}
         if not changes and not args.unset:
             raise CliError("nothing to set: give at least one option", EXIT_USAGE)
-        row = store.transaction(lambda s: up.overrides_of(
-            up.set_overrides(config.policy, s, key, changes, args.unset)))
+
+        def change(s: Any) -> dict[str, Any]:
+            return up.overrides_of(up.set_overrides(config.policy, s, key, changes, args.unset))
+        store.preview(change)  # a value the policy refuses is refused before any script
+        _install_scripts_of(config, store, key, change)
+        row = store.transaction(change)
         print(f"{key}: " + (" ".join(f"{k}={v!r}" for k, v in row.items()) or "no overrides"))
-        _sync_after_change(config, store, key)
         return EXIT_OK
     finally:
         store.close()
@@ -373,14 +378,20 @@ def _senders(config: cfg.Config, args: argparse.Namespace) -> int:
         store.close()
 
 
-def _sync_after_change(config: cfg.Config, store: Any, key: str) -> None:
-    from .sieve import SieveError, sync
+def _install_scripts_of(config: cfg.Config, store: Any, key: str,
+                        change: Callable[[Any], object]) -> None:
+    """Install the Sieve scripts `key` will have after `change`, before the change is
+    committed: a Sieve server that is down or refuses leaves the policy as it was."""
+    from . import sieve
 
+    def planned(s: Any) -> sieve.Plan:
+        change(s)
+        return sieve.plan(config, sieve.all_rows(s), key)
     try:
-        sync(config, store, key)
-    except (SieveError, OSError) as exc:
-        raise CliError(f"policy saved, but the Sieve script of {key} was not installed: "
-                       f"{exc}; fix it and run `lmtpfilter sieve sync {key}`") from None
+        sieve.apply(config, store.preview(planned))
+    except (sieve.SieveError, OSError) as exc:
+        raise CliError(f"{key}: nothing changed: the Sieve script could not be installed: "
+                       f"{exc}") from None
 
 
 def _sieve(config: cfg.Config, args: argparse.Namespace) -> int:

@@ -23,18 +23,25 @@ the user as SASL authorization identity; Cyrus has no before-scripts), ``none``.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import ipaddress
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from .config import Config, SieveConfig
 from .policy import RecipientPolicy
-from .store import Store
+from .store import Store, UserPolicy
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +106,21 @@ def wrapper(personal: str) -> str:
             'require ["include"];\n'
             f'include :personal "{SCRIPT_NAME}";\n'
             f'include :personal "{quoted}";\n')
+
+
+def ipaddress_is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _text(message: object) -> str:
+    """A server's error text (sievelib gives bytes or str) for a one-line error."""
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+    return " ".join(text.split()) or "no reason given"
 
 
 class Installer(Protocol):
@@ -205,47 +227,67 @@ class ManageSieveInstaller:
                              "managesieve_password_file")
         self.password = Path(config.managesieve_password_file).read_text().strip()
 
-    def _client(self, address: str):  # type: ignore[no-untyped-def]
+    @property
+    def server(self) -> str:
+        a = self.config.managesieve_address
+        return f"ManageSieve {a.host}:{a.port}"
+
+    @contextlib.contextmanager
+    def _session(self, address: str) -> Iterator[Any]:
+        """A logged-in sievelib client acting for `address`; every failure of the server or
+        the connection is a SieveError naming the server (sievelib raises its own Error)."""
         from sievelib.managesieve import Client
+        from sievelib.managesieve import Error as ManageSieveError
 
         a = self.config.managesieve_address
         client = Client(a.host, a.port)
-        if not client.connect(self.config.managesieve_user, self.password,
-                              authz_id=address, authmech="PLAIN"):
-            raise SieveError(f"ManageSieve login as {self.config.managesieve_user} for "
-                             f"{address} failed: {client.errmsg!r}")
-        return client
+        try:
+            with warnings.catch_warnings():
+                if ipaddress_is_loopback(a.host):  # plaintext over loopback is not a leak
+                    warnings.simplefilter("ignore")
+                logged_in = client.connect(self.config.managesieve_user, self.password,
+                                           authz_id=address, authmech="PLAIN")
+            if not logged_in:
+                raise SieveError(f"{self.server}: login as {self.config.managesieve_user} "
+                                 f"for {address} refused: {_text(client.errmsg)}")
+            try:
+                yield client
+            finally:
+                with contextlib.suppress(ManageSieveError, OSError):
+                    client.logout()
+        except (ManageSieveError, OSError) as exc:
+            raise SieveError(f"{self.server}: {exc}") from None
 
     def install(self, address: str, script: str) -> None:
         if address.startswith("@"):
             return  # no per-domain scripts over ManageSieve: users' scripts include it
-        client = self._client(_safe_address(address))
-        try:
+        with self._session(_safe_address(address)) as client:
             try:  # CHECKSCRIPT first, when the server has it (ManageSieve 1.0)
                 if not client.checkscript(script):
-                    raise SieveError(f"server refused the script: {client.errmsg!r}")
+                    raise SieveError(f"{self.server} refused the script for {address}: "
+                                     f"{_text(client.errmsg)}")
             except NotImplementedError:
                 pass
             if not client.putscript(SCRIPT_NAME, script):
-                raise SieveError(f"PUTSCRIPT failed: {client.errmsg!r}")
+                raise SieveError(f"{self.server}: PUTSCRIPT for {address}: {_text(client.errmsg)}")
             active, _others = client.listscripts()
             if active in (None, "", SCRIPT_NAME, WRAPPER_NAME):
                 if active != WRAPPER_NAME and not client.setactive(SCRIPT_NAME):
-                    raise SieveError(f"SETACTIVE failed: {client.errmsg!r}")
+                    raise SieveError(f"{self.server}: SETACTIVE for {address}: "
+                                     f"{_text(client.errmsg)}")
                 return
             # The user has a script of their own: keep it running after ours.
             if not client.putscript(WRAPPER_NAME, wrapper(active)):
-                raise SieveError(f"PUTSCRIPT of the wrapper failed: {client.errmsg!r}")
+                raise SieveError(f"{self.server}: PUTSCRIPT of the wrapper for {address}: "
+                                 f"{_text(client.errmsg)}")
             if not client.setactive(WRAPPER_NAME):
-                raise SieveError(f"SETACTIVE failed: {client.errmsg!r}")
-        finally:
-            client.logout()
+                raise SieveError(f"{self.server}: SETACTIVE for {address}: "
+                                     f"{_text(client.errmsg)}")
 
     def remove(self, address: str) -> None:
         if address.startswith("@"):
             return
-        client = self._client(_safe_address(address))
-        try:
+        with self._session(_safe_address(address)) as client:
             active, others = client.listscripts()
             if active == WRAPPER_NAME:
                 # Give the user's own script back its place before removing ours.
@@ -256,39 +298,56 @@ class ManageSieveInstaller:
                 client.setactive("")
             if SCRIPT_NAME in others or active == SCRIPT_NAME:
                 client.deletescript(SCRIPT_NAME)
-        finally:
-            client.logout()
 
     def install_default(self, script: str) -> None:
         pass  # without sieve_before, only users with a script of ours are filtered
 
 
-def sync(config: Config, store: Store, only: str | None = None) -> list[str]:
-    """(Re)generate and install scripts: every address and domain with overrides, and the
-    default script; or only `only` (an address or @domain, removed if it has no row)."""
-    from sqlalchemy import select
+Plan = list[tuple[str, str | None]]
+"""What to install: (address, @domain or DEFAULT_NAME; its script, or None to remove it)."""
 
-    from .store import UserPolicy
+
+def plan(config: Config, rows: Mapping[str, UserPolicy], only: str | None = None) -> Plan:
+    """The scripts for every address and domain with overrides and the default script, or
+    only for `only` (an address or @domain: removed if it has no row; a domain's change also
+    reaches its users with overrides of their own). Pure: no I/O."""
     from .userpolicy import effective
 
-    inst = installer(config)
-    rows = store.transaction(lambda s: {r.address: r for r in s.scalars(select(UserPolicy))},
-                             durable=False)
     keys = sorted(rows)
     if only is not None:
         only = only.lower()
-        # A domain's change reaches the users of that domain with scripts of their own.
         keys = [k for k in keys if k == only or (only.startswith("@") and k.endswith(only))]
-        if only not in rows:
-            inst.remove(only)
-    done = []
-    for key in keys:
-        inst.install(key, generate(effective(config.policy, key, rows)))
-        done.append(key)
+    steps: Plan = [] if only is None or only in rows else [(only, None)]
+    steps += [(key, generate(effective(config.policy, key, rows))) for key in keys]
     if only is None:
-        inst.install_default(generate(RecipientPolicy.of(config.policy, "x@x.invalid")))
-        done.append("(default)")
+        steps.append((DEFAULT_NAME, generate(RecipientPolicy.of(config.policy, "x@x.invalid"))))
+    return steps
+
+
+def apply(config: Config, steps: Plan) -> list[str]:
+    """Install (or remove) the planned scripts, in order; the names of those installed."""
+    inst = installer(config)
+    done = []
+    for key, script in steps:
+        if script is None:
+            inst.remove(key)
+        elif key == DEFAULT_NAME:
+            inst.install_default(script)
+            done.append("(default)")
+        else:
+            inst.install(key, script)
+            done.append(key)
     return done
+
+
+def all_rows(session: Session) -> dict[str, UserPolicy]:
+    return {r.address: r for r in session.scalars(select(UserPolicy))}
+
+
+def sync(config: Config, store: Store, only: str | None = None) -> list[str]:
+    """(Re)generate and install the scripts of the database's overrides (see plan)."""
+    steps = store.transaction(lambda s: plan(config, all_rows(s), only), durable=False)
+    return apply(config, steps)
 
 
 def installer(config: Config) -> Installer:

@@ -410,6 +410,15 @@ class Store:
         with (self.sessions if durable else self.fast_sessions).begin() as session:
             return fn(session)
 
+    def preview(self, fn: Callable[[Session], T]) -> T:
+        """fn's result in a transaction that is then rolled back: what a change would give,
+        with nothing changed (the CLI installs a change's Sieve scripts before committing)."""
+        with self.sessions() as session:
+            try:
+                return fn(session)
+            finally:
+                session.rollback()
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.bulk.close()
