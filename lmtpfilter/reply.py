@@ -38,15 +38,18 @@ class Reply:
     @classmethod
     def parse_lines(cls, code: int, texts: list[str]) -> Reply:
         """Build a Reply from the texts of a (possibly multi-line) reply, code already split."""
-        first = texts[0] if texts else ""
+        # RFC 2034 puts the enhanced code on every line; Cyrus's lmtpd puts it on the last
+        # line only ("550-Mailbox unknown. ...", "550 5.1.1 User unknown"): take the first
+        # line that has one of the reply's class, and strip it from every line.
         enhanced = ""
-        m = _ENHANCED.match(first)
-        if m and m.group(1) == str(code)[0]:
-            enhanced = f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
-            first = first[m.end():]
-        # Keep every line of a multi-line reply, but strip repeated enhanced codes.
-        rest = [_ENHANCED.sub("", t, count=1) if enhanced else t for t in texts[1:]]
-        return cls(code, enhanced, "; ".join(t for t in [first, *rest] if t), tuple(texts))
+        for text in texts:
+            m = _ENHANCED.match(text)
+            if m and m.group(1) == str(code)[0]:
+                enhanced = f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
+                break
+        shown = [text[len(enhanced):].lstrip(" ") if enhanced and text.startswith(enhanced)
+                 else text for text in texts]
+        return cls(code, enhanced, "; ".join(t for t in shown if t), tuple(texts))
 
 
 # The replies lmtpfilter itself gives, in one place so that tests and docs agree.
