@@ -289,6 +289,11 @@ class SieveConfig:
         "", parse_str, "Admin/master user; scripts are put per user via SASL authzid.")
     managesieve_password_file: Path | None = option(
         "", parse_optional_path, "File holding that user's password.")
+    managesieve_authzid: str = option(
+        "address", one_of("address", "local-part"),
+        'Whom the login acts for: the whole address (Dovecot; Cyrus with virtdomains: '
+        'userid) or its local part (Cyrus with virtdomains: off, where alice@ of any domain '
+        'is user "alice").')
 
 
 @dataclass(frozen=True)

@@ -240,6 +240,8 @@ class ManageSieveInstaller:
         from sievelib.managesieve import Error as ManageSieveError
 
         a = self.config.managesieve_address
+        if self.config.managesieve_authzid == "local-part":
+            address = address.rpartition("@")[0]
         client = Client(a.host, a.port)
         try:
             with warnings.catch_warnings():
@@ -319,7 +321,7 @@ def plan(config: Config, rows: Mapping[str, UserPolicy], only: str | None = None
         keys = [k for k in keys if k == only or (only.startswith("@") and k.endswith(only))]
     steps: Plan = [] if only is None or only in rows else [(only, None)]
     steps += [(key, generate(effective(config.policy, key, rows))) for key in keys]
-    if only is None:
+    if only is None and config.sieve.method == "directory":  # ManageSieve has no "before"
         steps.append((DEFAULT_NAME, generate(RecipientPolicy.of(config.policy, "x@x.invalid"))))
     return steps
 

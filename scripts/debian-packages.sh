@@ -22,6 +22,11 @@ LMTPFILTER_DEB_PACKAGES=(
 # Never started as the system's service: see install_unstarted_packages.
 LMTPFILTER_MIGRATION_TEST_PACKAGES=(amavisd-new logwatch)
 
+# What the Cyrus tests start in temporary directories (tests/harness/cyrus.py): Debian's
+# Cyrus IMAP (lmtpd, timsieved, imapd) and saslpasswd2 for its users. Never started as the
+# system's service either: its package would start Cyrus on ports 143, 4190 and 24.
+LMTPFILTER_CYRUS_TEST_PACKAGES=(cyrus-imapd sasl2-bin)
+
 install_debian_packages() {  # [PACKAGE...] (default: all of the above)
   local missing=() pkg
   local wanted=("$@")
@@ -45,7 +50,8 @@ install_debian_packages() {  # [PACKAGE...] (default: all of the above)
 # install_unstarted_packages PACKAGE...: installs them as install_debian_packages does, but
 # with a policy-rc.d that forbids starting any service meanwhile: amavisd-new's package would
 # start amavisd as the system's service (on port 10024, where lmtpfilter listens), and its
-# postinst would leave it enabled. It is disabled afterwards where systemd runs.
+# postinst would leave it enabled (cyrus-imapd's too). They are disabled afterwards where
+# systemd runs.
 install_unstarted_packages() {
   local policy=/usr/sbin/policy-rc.d saved="" pkg missing=0
   for pkg in "$@"; do
@@ -59,7 +65,8 @@ install_unstarted_packages() {
   install_debian_packages "$@" || status=$?
   if [ -n "$saved" ]; then mv "$saved" "$policy"; else rm -f "$policy"; fi
   if [ "$status" -eq 0 ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    systemctl disable --now amavis.service amavis-mc.service >/dev/null 2>&1 || true
+    systemctl disable --now amavis.service amavis-mc.service cyrus-imapd.service \
+      >/dev/null 2>&1 || true
   fi
   return "$status"
 }

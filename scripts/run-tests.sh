@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 source scripts/debian-packages.sh
 
 install_debian_packages
-install_unstarted_packages "${LMTPFILTER_MIGRATION_TEST_PACKAGES[@]}"
+install_unstarted_packages "${LMTPFILTER_MIGRATION_TEST_PACKAGES[@]}" \
+  "${LMTPFILTER_CYRUS_TEST_PACKAGES[@]}"
 make_venv .venv -e ".[test]"
 export PATH="$PWD/.venv/bin:$PATH:/usr/sbin:/sbin"
 export LMTPFILTER_REQUIRE_DAEMONS=1   # a missing daemon fails the run instead of skipping

@@ -30,11 +30,10 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,7 +90,20 @@ class Cyrus:
     imap_port: int
     sieve_port: int
     users: tuple[str, ...]
+    virtdomains: bool = True
+    """False with ``virtdomains: off``: Cyrus drops the domain; alice@example.org is "alice"."""
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def userid(self, address: str) -> str:
+        """The Cyrus user of an address: itself, or its local part under virtdomains: off."""
+        return address if self.virtdomains else address.rpartition("@")[0] or address
+
+    def admin_name(self, address: str, folder: str | None = None) -> str:
+        """The admin's name for a user's mailbox (unixhierarchysep: yes): user/alice@example.org
+        and user/alice/Junk@example.org; user/alice under virtdomains: off."""
+        local, _, domain = self.userid(address).rpartition("@")
+        path = f"user/{local or domain}" + (f"/{folder}" if folder else "")
+        return f"{path}@{domain}" if local else path
 
     @property
     def imapd_conf(self) -> Path:
@@ -156,30 +168,29 @@ class Cyrus:
             _ok(client.login(user, password), f"LOGIN {user}")
             yield client
         finally:
-            try:
+            with suppress(OSError, imaplib.IMAP4.error):
                 client.logout()
-            except (OSError, imaplib.IMAP4.error):
-                pass
 
     def create_mailbox(self, address: str, folders: Sequence[str] = (),
                        quota_kb: int | None = None) -> None:
         """The user's mailbox and folders below it, as an admin creates them (cyradm's
         cm, sam ... anyone p, sq)."""
         with self.imap() as client:
-            _ok(client.create(_quote(admin_name(address))), f"CREATE {address}")
+            _ok(client.create(_quote(self.admin_name(address))), f"CREATE {address}")
             for folder in folders:
-                name = admin_name(address, folder)
+                name = self.admin_name(address, folder)
                 _ok(client.create(_quote(name)), f"CREATE {name}")
                 # user+Folder@ reaches a folder only if anyone may post to it (right "p"),
                 # else lmtpd files into INBOX: what an admin sets for plus addressing.
                 _ok(client.setacl(_quote(name), "anyone", "p"), f"SETACL {name}")
             if quota_kb is not None:
-                _ok(client.setquota(_quote(admin_name(address)), f"(STORAGE {quota_kb})"),
+                _ok(client.setquota(_quote(self.admin_name(address)),
+                                    f"(STORAGE {quota_kb})"),
                     f"SETQUOTA {address}")
 
     def folders(self, address: str) -> list[str]:
         """The user's folders as the user sees them ("INBOX", "INBOX/Junk", ...)."""
-        with self.imap(address) as client:
+        with self.imap(self.userid(address)) as client:
             typ, data = client.list()
             _ok((typ, data), "LIST")
         names = []
@@ -193,7 +204,7 @@ class Cyrus:
     def messages(self, address: str, folder: str = "INBOX") -> list[bytes]:
         """The raw messages of one of the user's folders ("INBOX", "INBOX/Junk"), in UID
         order, read over IMAP as the user (BODY.PEEK[]: nothing is marked seen)."""
-        with self.imap(address) as client:
+        with self.imap(self.userid(address)) as client:
             typ, data = client.select(_quote(folder), readonly=True)
             if typ != "OK":
                 return []  # no such folder (yet)
@@ -226,6 +237,7 @@ class Cyrus:
 
     def sieve_token(self, address: str, as_proxy: bool = False) -> str:
         """SASL PLAIN for AUTHENTICATE: the user's own login, or the proxy user's for them."""
+        address = self.userid(address)
         if as_proxy:
             raw = f"{address}\0{PROXY_USER}\0{PROXY_PASSWORD}"
         else:
@@ -249,14 +261,6 @@ def set_options(imapd_conf: str, lines: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def admin_name(address: str, folder: str | None = None) -> str:
-    """The admin's name for a user's mailbox (virtdomains: userid, unixhierarchysep: yes):
-    user/alice@example.org, user/alice/Junk@example.org."""
-    local, _, domain = address.rpartition("@")
-    path = f"user/{local}" + (f"/{folder}" if folder else "")
-    return f"{path}@{domain}" if domain else path
-
-
 def _quote(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -276,11 +280,13 @@ def _saslpasswd(db: Path, user: str, password: str, realm: str | None = None) ->
 
 
 def start_cyrus(base: Path, users: Sequence[str | tuple[str, int | None]], *,
-                folders: Sequence[str] = ("Junk",)) -> Cyrus:
+                folders: Sequence[str] = ("Junk",),
+                options: Mapping[str, str] | None = None) -> Cyrus:
     """Start Cyrus in ``base/cyrus``. users: "addr" or ("addr", storage quota in KB).
 
     Each user gets a mailbox with `folders` below it and the password USER_PASSWORD; ADMIN
     and PROXY_USER (the README's ManageSieve login for lmtpfilter) are in the SASL database.
+    options: imapd.conf settings over the README's (e.g. {"virtdomains": "off"}).
     """
     d = _instance_dir(base, "cyrus")
     uid = pwd.getpwnam(CYRUS_USER).pw_uid
@@ -293,6 +299,7 @@ def start_cyrus(base: Path, users: Sequence[str | tuple[str, int | None]], *,
               "sieve_port": sieve_port}
     imapd = set_options(fill((CONF / "standalone-imapd.conf").read_text(), **values),
                         (CONF / "lmtpfilter-imapd.conf").read_text())
+    imapd = set_options(imapd, "".join(f"{k}: {v}\n" for k, v in (options or {}).items()))
     (d / "imapd.conf").write_text(imapd)
     (d / "cyrus.conf").write_text(fill((CONF / "standalone-cyrus.conf").read_text(), **values))
 
@@ -300,15 +307,19 @@ def start_cyrus(base: Path, users: Sequence[str | tuple[str, int | None]], *,
     _saslpasswd(db, ADMIN, ADMIN_PASSWORD, SERVERNAME)
     _saslpasswd(db, PROXY_USER, PROXY_PASSWORD, SERVERNAME)
     addresses = [u if isinstance(u, str) else u[0] for u in users]
-    for address in addresses:
-        _saslpasswd(db, address, USER_PASSWORD)
+    virtdomains = (options or {}).get("virtdomains", "userid") != "off"
+    for address in addresses:  # "alice@example.org": user alice of realm example.org
+        if virtdomains:
+            _saslpasswd(db, address, USER_PASSWORD)
+        else:
+            _saslpasswd(db, address.rpartition("@")[0], USER_PASSWORD, SERVERNAME)
     for path in [d, *d.rglob("*")]:
         os.chown(path, uid, gid)
     os.chmod(d, 0o755)  # the tests' own files beside it; Cyrus's are 0700 by its umask
     os.chmod(d / "run" / "socket", 0o750)  # as Debian's tmpfiles.d makes /run/cyrus/socket
 
     cyrus = Cyrus(dir=d, lmtp_port=lmtp_port, imap_port=imap_port, sieve_port=sieve_port,
-                  users=tuple(addresses)).start()
+                  users=tuple(addresses), virtdomains=virtdomains).start()
     try:
         for user in users:
             address, quota = (user, None) if isinstance(user, str) else user
