@@ -49,11 +49,12 @@ from tests.harness.daemons import (
     free_port,
 )
 
-__all__ = ["ADMIN", "ADMIN_PASSWORD", "PROXY_PASSWORD", "PROXY_USER", "USER_PASSWORD",
-           "Cyrus", "cyrus_installed", "start_cyrus"]
+__all__ = ["ADMIN", "ADMIN_PASSWORD", "CONF", "CYR_INFO", "PROXY_PASSWORD", "PROXY_USER",
+           "USER_PASSWORD", "Cyrus", "cyrus_installed", "start_cyrus"]
 
 CONF = REPO / "scripts" / "conf" / "cyrus"
 MASTER = Path("/usr/lib/cyrus/bin/master")
+CYR_INFO = Path("/usr/lib/cyrus/bin/cyr_info")
 SASLPASSWD = "saslpasswd2"
 CYRUS_USER = "cyrus"
 CYRUS_GROUP = "mail"

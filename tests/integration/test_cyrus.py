@@ -27,6 +27,8 @@ import pytest
 
 from tests.conftest import FilterProcess, filter_config, new_workdir
 from tests.harness.cyrus import (
+    CONF,
+    CYR_INFO,
     PROXY_PASSWORD,
     PROXY_USER,
     Cyrus,
@@ -440,3 +442,14 @@ async def test_virtdomains_off_one_mailbox_per_local_part(
     second = cyrus.wait_for_messages(A, 2, JUNK)[-1]
     assert b"Subject: [SPAM] no domains, other address" in second
     assert proc.stop() == 0
+
+
+def test_cyrus_runs_the_readme_lines(cyrus: Cyrus) -> None:
+    """Cyrus's effective settings (cyr_info conf-all) have each line of
+    scripts/conf/cyrus/lmtpfilter-imapd.conf, which the README quotes."""
+    effective = subprocess.run(
+        ["runuser", "-u", "cyrus", "--", str(CYR_INFO), "-C", str(cyrus.imapd_conf),
+         "conf-all"], capture_output=True, text=True, timeout=30, check=True).stdout
+    lines = [line for line in (CONF / "lmtpfilter-imapd.conf").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert len(lines) == 4 and set(lines) <= set(effective.splitlines()), effective

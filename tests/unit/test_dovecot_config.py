@@ -1,4 +1,5 @@
-"""The Dovecot configuration files in scripts/conf/dovecot-<series>/ (issue 21).
+"""The Dovecot configuration files in scripts/conf/dovecot-<series>/ (issue 21), and Cyrus's
+lines for imapd.conf in scripts/conf/cyrus/ (issue 20).
 
 The README quotes the production snippets; each quote must be the file, which is what the tests
 and the sandbox run. The version's syntax is chosen in one place for Python (the harness) and
@@ -25,8 +26,9 @@ from tests.harness.daemons import (
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "scripts" / "conf"
 SNIPPET_FILES = sorted(p.relative_to(CONF).as_posix()
-                       for p in CONF.glob("dovecot-*/lmtpfilter-*.conf"))
-QUOTED = re.compile(r"scripts/conf/(dovecot-[0-9.]+/lmtpfilter-[\w.-]+\.conf)")
+                       for p in [*CONF.glob("dovecot-*/lmtpfilter-*.conf"),
+                                 *CONF.glob("cyrus/lmtpfilter-*.conf")])
+QUOTED = re.compile(r"scripts/conf/((?:dovecot-[0-9.]+|cyrus)/lmtpfilter-[\w.-]+\.conf)")
 
 
 def readme_quotes() -> list[tuple[str, str]]:
@@ -42,8 +44,8 @@ def readme_quotes() -> list[tuple[str, str]]:
 
 
 def test_every_snippet_is_quoted_in_the_readme() -> None:
-    expected = sorted(f"dovecot-{series}/{name}" for series in DOVECOT_SYNTAXES
-                      for name in SNIPPETS)
+    expected = sorted([f"dovecot-{series}/{name}" for series in DOVECOT_SYNTAXES
+                       for name in SNIPPETS] + ["cyrus/lmtpfilter-imapd.conf"])
     assert expected == SNIPPET_FILES
     assert sorted({name for name, _ in readme_quotes()}) == SNIPPET_FILES
 
