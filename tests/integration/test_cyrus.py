@@ -453,3 +453,19 @@ def test_cyrus_runs_the_readme_lines(cyrus: Cyrus) -> None:
     lines = [line for line in (CONF / "lmtpfilter-imapd.conf").read_text().splitlines()
              if line and not line.startswith("#")]
     assert len(lines) == 4 and set(lines) <= set(effective.splitlines()), effective
+
+
+@pytest.mark.parametrize("groups, reaches", [("mail", True), ("nogroup", False)])
+def test_the_lmtp_socket_needs_group_mail(cyrus: Cyrus, groups: str, reaches: bool) -> None:
+    """The README's `adduser lmtpfilter mail`: Cyrus's socket directory is 0750 cyrus:mail
+    (Debian's tmpfiles.d), so an unprivileged user reaches lmtpd only in group mail."""
+    connect = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+               f"try:\n    s.connect({str(cyrus.lmtp_socket)!r})\nexcept OSError as e:\n"
+               "    sys.exit(str(e))\nprint(s.recv(100).decode())\n")
+    done = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup",
+                           f"--groups={groups}", "/usr/bin/python3", "-c", connect],
+                          capture_output=True, text=True, timeout=30)
+    if reaches:
+        assert done.returncode == 0 and done.stdout.startswith("220 "), done
+    else:
+        assert done.returncode != 0 and "Permission denied" in done.stderr, done
