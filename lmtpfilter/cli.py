@@ -341,25 +341,29 @@ def _user(config: cfg.Config, args: argparse.Namespace) -> int:
                 mark = "  (override)" if name in overrides else ""
                 print(f"{name} = {value!r}{mark}")
             return EXIT_OK
-        if args.action == "delete":
-            def delete(s: Any) -> bool:
-                return _delete_user(s, key)
-            if not store.preview(delete):
-                raise CliError(f"no overrides for {key}")
-            _install_scripts_of(config, store, key, delete)
-            store.transaction(delete)
-            print(f"deleted overrides of {key}")
-            return EXIT_OK
-        changes = {k: getattr(args, k) for k in up.OVERRIDABLE
-                   if getattr(args, k, None) is not None}
-        if not changes and not args.unset:
-            raise CliError("nothing to set: give at least one option", EXIT_USAGE)
+        from .sieve import SieveError, change_policy
 
-        def change(s: Any) -> dict[str, Any]:
-            return up.overrides_of(up.set_overrides(config.policy, s, key, changes, args.unset))
-        store.preview(change)  # a value the policy refuses is refused before any script
-        _install_scripts_of(config, store, key, change)
-        row = store.transaction(change)
+        try:
+            if args.action == "delete":
+                def delete(s: Any) -> bool:
+                    return _delete_user(s, key)
+                if not store.preview(delete):
+                    raise CliError(f"no overrides for {key}")
+                change_policy(config, store, key, delete)
+                print(f"deleted overrides of {key}")
+                return EXIT_OK
+            changes = {k: getattr(args, k) for k in up.OVERRIDABLE
+                       if getattr(args, k, None) is not None}
+            if not changes and not args.unset:
+                raise CliError("nothing to set: give at least one option", EXIT_USAGE)
+
+            def change(s: Any) -> dict[str, Any]:
+                return up.overrides_of(up.set_overrides(config.policy, s, key, changes,
+                                                        args.unset))
+            store.preview(change)  # a value the policy refuses is refused before any script
+            row = change_policy(config, store, key, change)
+        except SieveError as exc:
+            raise CliError(str(exc)) from None
         print(f"{key}: " + (" ".join(f"{k}={v!r}" for k, v in row.items()) or "no overrides"))
         return EXIT_OK
     finally:
@@ -376,22 +380,6 @@ def _senders(config: cfg.Config, args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     finally:
         store.close()
-
-
-def _install_scripts_of(config: cfg.Config, store: Any, key: str,
-                        change: Callable[[Any], object]) -> None:
-    """Install the Sieve scripts `key` will have after `change`, before the change is
-    committed: a Sieve server that is down or refuses leaves the policy as it was."""
-    from . import sieve
-
-    def planned(s: Any) -> sieve.Plan:
-        change(s)
-        return sieve.plan(config, sieve.all_rows(s), key)
-    try:
-        sieve.apply(config, store.preview(planned))
-    except (sieve.SieveError, OSError) as exc:
-        raise CliError(f"{key}: nothing changed: the Sieve script could not be installed: "
-                       f"{exc}") from None
 
 
 def _sieve(config: cfg.Config, args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from .options import (
     option,
     parse_address,
     parse_address_list,
+    parse_base_url,
     parse_bool,
     parse_cron,
     parse_db_url,
@@ -331,6 +332,57 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The [web] section: `lmtpfilter web`, the quarantine self-service page (lmtpfilter/web/)."""
+
+    SECTION: ClassVar[str] = "web"
+    listen: Address = option(
+        "127.0.0.1:8025", parse_address,
+        "Where `lmtpfilter web` listens (behind nginx or Apache with TLS).")
+    base_url: str = option(
+        "", parse_base_url,
+        'The page\'s public URL, e.g. "https://mail.example.org/quarantine"; recipient '
+        'notifications carry a release link only when it is set.')
+    secret_key_file: Path | None = option(
+        "", parse_optional_path,
+        "File holding the key that signs session cookies and release links (32 random bytes "
+        "or more; `lmtpfilter web` refuses to start without it).")
+    imap_address: Address = option(
+        "127.0.0.1:143", parse_address,
+        "The IMAP server that checks users' passwords (IMAP LOGIN); nothing is stored.")
+    imap_tls: str = option(
+        "none", one_of("none", "starttls", "implicit"),
+        "TLS to the IMAP server: none (loopback), starttls, implicit (port 993).")
+    admins: tuple[str, ...] = option(
+        [], parse_mail_address_list, "Addresses that see and act on every quarantined message.")
+    allow_plain_http: bool = option(
+        False, parse_bool,
+        "Set session cookies over plain HTTP too; only for a page on localhost (tests, a "
+        "tunnel). Otherwise the page works only behind HTTPS.")
+    session_lifetime: float = option("8h", parse_duration, "How long a login lasts.")
+    release_link_lifetime: float = option(
+        "7d", parse_duration, "How long a release link in a notification stays valid.")
+    login_attempts: int = option(
+        5, int_in_range(1, 1000),
+        "Failed logins allowed per address, and (x4) per client address, within login_window.")
+    login_window: float = option(
+        "15m", parse_duration, "The window login_attempts counts in.")
+    tag2_min: float = option(
+        2.0, parse_float, "The lowest tag2_level a user may choose on the settings page.")
+    tag2_max: float = option(
+        15.0, parse_float, "The highest tag2_level a user may choose on the settings page.")
+    metrics_listen: Address | None = option(
+        "", parse_optional_address,
+        'Serve the page\'s Prometheus /metrics (logins, releases) here, e.g. '
+        '"127.0.0.1:9426".')
+
+    def inconsistency(self) -> str | None:
+        if self.tag2_min > self.tag2_max:
+            return f"tag2_min ({self.tag2_min}) is above tag2_max ({self.tag2_max})"
+        return None
+
+
+@dataclass(frozen=True)
 class ContentConfig:
     """The [content] section: the content inventory and the banned-contents rules
     (mime_walk.py, banned.py). The limits default to amavis's Debian defaults ($MAXLEVELS,
@@ -401,6 +453,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     source: str = "(defaults)"
     # [server].hostname, or the machine's FQDN: resolved once, here, because getfqdn() may
     # ask the resolver and the name is read on the event loop (Received:, quarantine copies).
@@ -451,6 +504,9 @@ def _check_consistency(config: Config) -> None:
     problem = config.policy.inconsistency()
     if problem:
         raise ConfigError(f"{config.source}: [policy] {problem}")
+    problem = config.web.inconsistency()
+    if problem:
+        raise ConfigError(f"{config.source}: [web] {problem}")
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

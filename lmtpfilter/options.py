@@ -305,6 +305,17 @@ def parse_path(value: object) -> Path:
     return Path(text)
 
 
+def parse_base_url(value: object) -> str:
+    """"" or an absolute http(s) URL without query or fragment; returned without a final /."""
+    text = parse_str(value)
+    if text == "":
+        return ""
+    if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~%/-]*)?", text):
+        raise InvalidValue(f"expected a URL like https://mail.example.org/quarantine, got "
+                           f"{text!r}")
+    return text.rstrip("/")
+
+
 def parse_optional_path(value: object) -> Path | None:
     if value == "":
         return None

@@ -47,7 +47,9 @@ def load(session: Session, qid: str, lock: bool = False) -> QuarantineRecord:
 
 
 async def release(config: Config, store: Store, qid: str, to: Sequence[str] = (),
-                  force: bool = False) -> Released:
+                  force: bool = False, by: str = "cli") -> Released:
+    """Deliver the stored copy to `to` (default: its recipients) and record each reply.
+    by: who asked, for the audit record ("cli", "web <address>", "link <address>")."""
     files = QuarantineFiles(config.quarantine)
     record = await store.run(lambda s: load(s, qid))
     if record.expired_at is not None:
@@ -75,12 +77,15 @@ async def release(config: Config, store: Store, qid: str, to: Sequence[str] = ()
 
     def save(session: Session) -> QuarantineRecord:
         row = load(session, qid, lock=True)  # two releases at once must not lose a reply
-        log = "\n".join(f"{rcpt}: {reply.line()}" for rcpt, reply in results)
+        now = dt.datetime.now(dt.UTC)
+        log = "\n".join(f"{now:%Y-%m-%d %H:%M:%S} by {by}: {rcpt}: {reply.line()}"
+                        for rcpt, reply in results)
         row.release_replies = (row.release_replies + "\n" + log).strip()
         delivered = [rcpt for rcpt, reply in results if reply.is_success]
         if delivered:
-            row.released_at = dt.datetime.now(dt.UTC)
+            row.released_at = now
             row.released_to = ", ".join(delivered)
+            row.released_by = by
         return row
 
     return Released(await store.run(save), results)

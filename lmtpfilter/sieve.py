@@ -32,9 +32,9 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -44,6 +44,7 @@ from .policy import RecipientPolicy
 from .store import Store, UserPolicy
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCRIPT_NAME = "lmtpfilter"
 WRAPPER_NAME = "lmtpfilter-main"
@@ -344,6 +345,23 @@ def apply(config: Config, steps: Plan) -> list[str]:
 
 def all_rows(session: Session) -> dict[str, UserPolicy]:
     return {r.address: r for r in session.scalars(select(UserPolicy))}
+
+
+def change_policy(config: Config, store: Store, key: str, change: Callable[[Session], T]) -> T:
+    """Apply `change` (a function of a session that changes `key`'s overrides) with its Sieve
+    scripts: plan inside a transaction that is rolled back, install, and only then commit.
+    A Sieve server that is down or refuses raises SieveError and leaves the policy as it was;
+    the database lock is never held across the network. `user set`/`delete` and the web
+    page's settings both go through here."""
+    def planned(session: Session) -> Plan:
+        change(session)
+        return plan(config, all_rows(session), key)
+    try:
+        apply(config, store.preview(planned))
+    except (SieveError, OSError) as exc:
+        raise SieveError(f"{key}: nothing changed: the Sieve script could not be installed: "
+                         f"{exc}") from None
+    return store.transaction(change)
 
 
 def sync(config: Config, store: Store, only: str | None = None) -> list[str]:

@@ -136,6 +136,9 @@ class QuarantineRecord(Base):
                                                             nullable=True)
     released_to: Mapped[str] = mapped_column(Text, default="")
     release_replies: Mapped[str] = mapped_column(Text, default="")
+    # Who released it last: "cli" (`quarantine release`), "web <address>" (the page, by
+    # the user logged in) or "link <address>" (a notification's release link).
+    released_by: Mapped[str] = mapped_column(String(600), default="", server_default="")
 
     __table_args__ = (Index("ix_quarantine_live", "expired_at", "created_at"),)
 
@@ -193,6 +196,15 @@ class Notification(Base):
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class ReleaseLinkUse(Base):
+    """A release link (lmtpfilter/web/links.py) that was used: each works once."""
+
+    __tablename__ = "release_link_uses"
+    nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
+    quarantine_id: Mapped[str] = mapped_column(String(32))
+    used_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
 class SenderListEntry(Base):

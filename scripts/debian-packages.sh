@@ -11,6 +11,7 @@ LMTPFILTER_DEB_PACKAGES=(
   "${LMTPFILTER_RUNTIME_LIBRARIES[@]}"
   postfix                                   # the MTA in front (and smtp-source/smtp-sink)
   dovecot-core dovecot-lmtpd dovecot-sieve dovecot-managesieved   # final delivery + Sieve
+  dovecot-imapd                             # IMAP: users read mail; the web page checks passwords
   clamav-daemon clamdscan clamav-testfiles  # virus scanning
   spamd spamc spamassassin                  # spam scoring
   swaks                                     # sending test mail by hand
