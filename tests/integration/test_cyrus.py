@@ -101,9 +101,11 @@ def test_cyrus_announces_what_the_readme_says(cyrus: Cyrus) -> None:
         lines = []
         while not (line := f.readline().decode()).startswith("250 "):
             lines.append(line[4:].strip())
-    # Neither SMTPUTF8 nor DSN: the README's table of downstream servers.
-    assert set(lines[1:]) == {"8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING", "SIZE",
-                              "AUTH EXTERNAL", "IGNOREQUOTA"}, lines
+    # Neither SMTPUTF8 nor DSN: the README's table of downstream servers. (Cyrus 3.10, on
+    # Debian 13, gives SIZE its limit: "SIZE 2147483647".)
+    keywords = {re.sub(r"^SIZE \d+$", "SIZE", line) for line in lines[1:]}
+    assert keywords == {"8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING", "SIZE",
+                        "AUTH EXTERNAL", "IGNOREQUOTA"}, lines
 
 
 async def test_cyrus_replies_per_recipient_in_one_transaction(
