@@ -26,6 +26,7 @@ from .spamd import SpamdScanner
 from .store import Store
 from .userpolicy import DbPolicies
 from .verdicts import QuarantineStage, Recorder
+from .web.links import ReleaseLinks
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ def build(config: Config) -> Services:
     """Everything `serve` runs: store, policies, scanners, quarantine, recorder, outbox."""
     hostname = config.hostname
     store = Store(config.database.url)
-    notifications = Notifications(config.notify, hostname)
+    # Read the [web] key now: a bad key file stops `serve` at start with one line (cli.main
+    # shows a ValueError as such), not at the first quarantined message.
+    notifications = Notifications(config.notify, hostname, ReleaseLinks.from_config(config.web))
     stages: list[Stage] = [
         filter_stage(config, DbPolicies(store, config.policy, config.database.policy_cache_ttl),
                      hostname, SenderLists.from_config(store, config)),

@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the filter in the foreground")
     serve.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    web = sub.add_parser("web", parents=[common],
+                         help="run the quarantine self-service web page in the foreground")
+    web.add_argument("--log-level", default="INFO",
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     check = sub.add_parser("check-config", parents=[common],
                            help="validate the config and print the effective values")
     check.add_argument("--reference", action="store_true",
@@ -175,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[cfg.Config, argparse.Namespace], int] = {
         "check-config": lambda c, a: (sys.stdout.write(cfg.render(c)), EXIT_OK)[1],
         "serve": _serve,
+        "web": _web,
         "db": _db,
         "user": _user,
         "quarantine": _quarantine,
@@ -227,6 +232,14 @@ def _open_store(config: cfg.Config) -> Any:
 def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
     store = _open_store(config)  # before logging is set up: a refusal is one line
     store.close()
+    from .web.links import ReleaseLinks
+
+    # The release links' key, read here so that a bad key file is one line at startup, not
+    # a traceback in each worker (the workers read it again when they build the notices).
+    try:
+        ReleaseLinks.from_config(config.web)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     from .logsetup import LogSetupError, configure
 
     try:
@@ -261,6 +274,53 @@ def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _web(config: cfg.Config, args: argparse.Namespace) -> int:
+    """`lmtpfilter web`: the quarantine page (lmtpfilter/web/), until SIGTERM. Every refusal
+    comes before logging is set up, as one line: the schema, the key, the sockets."""
+    store = _open_store(config)
+    try:
+        from .web.links import load_key
+
+        if config.web.secret_key_file is None:
+            raise CliError("[web] secret_key_file: not set; the page needs a key to sign "
+                           "sessions and release links (32 random bytes or more)", EXIT_USAGE)
+        try:
+            key = load_key(config.web.secret_key_file)
+        except ValueError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+        from .server import bind, unlink_sockets
+
+        # A unix socket lets in its owner and group only: the proxy's user joins the group.
+        sockets = []
+        try:
+            sockets.append(bind(config.web.listen, 0o660))
+            if config.web.metrics_listen is not None:
+                sockets.append(bind(config.web.metrics_listen, 0o600))
+        except OSError as exc:
+            for sock in sockets:
+                sock.close()
+            raise CliError(f"cannot listen: {exc}") from None
+        from .logsetup import LogSetupError, configure
+
+        try:
+            configure(config.log, args.log_level)
+        except LogSetupError as exc:
+            raise CliError(str(exc)) from None
+        from .web.app import serve
+
+        try:
+            asyncio.run(serve(config, store, key, sockets[0],
+                              sockets[1] if len(sockets) > 1 else None))
+        finally:
+            for sock in sockets:
+                sock.close()
+            unlink_sockets([a for a in (config.web.listen, config.web.metrics_listen)
+                            if a is not None])
+        return EXIT_OK
+    finally:
+        store.close()
 
 
 def _metrics_dir(config: cfg.Config) -> str | None:

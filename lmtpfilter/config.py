@@ -347,9 +347,17 @@ class WebConfig:
         "", parse_optional_path,
         "File holding the key that signs session cookies and release links (32 random bytes "
         "or more; `lmtpfilter web` refuses to start without it).")
+    authenticator: str = option(
+        "dovecot", one_of("dovecot", "imap"),
+        "Who checks users' passwords (nothing is stored): dovecot (its authentication "
+        "server, over dovecot_auth_socket) or imap (IMAP LOGIN at imap_address: Cyrus).")
+    dovecot_auth_socket: Path = option(
+        "/run/dovecot/auth-lmtpfilter", parse_path,
+        "Dovecot's auth-client listener for the page (see the README's `service auth` "
+        "lines), for authenticator = dovecot.")
     imap_address: Address = option(
         "127.0.0.1:143", parse_address,
-        "The IMAP server that checks users' passwords (IMAP LOGIN); nothing is stored.")
+        "The IMAP server that checks passwords, for authenticator = imap (IMAP LOGIN).")
     imap_tls: str = option(
         "none", one_of("none", "starttls", "implicit"),
         "TLS to the IMAP server: none (loopback), starttls, implicit (port 993).")

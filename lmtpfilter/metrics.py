@@ -14,8 +14,10 @@ multiprocess mode is chosen when prometheus-client is imported.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -67,12 +69,13 @@ def render() -> bytes:
     return generate_latest(registry)
 
 
-async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  samples: Callable[[], bytes] = render) -> None:
     try:
         request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
         if path.split(b"?")[0] == b"/metrics":
-            body = await asyncio.to_thread(render)
+            body = await asyncio.to_thread(samples)
             head = f"HTTP/1.0 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
         else:
             body = b"lmtpfilter: see /metrics\n"
@@ -86,6 +89,8 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         writer.close()
 
 
-async def serve_http(sock: socket.socket) -> Any:
-    """Answer /metrics on an already bound socket; returns the asyncio server."""
-    return await asyncio.start_server(_answer, sock=sock, limit=16384)
+async def serve_http(sock: socket.socket, samples: Callable[[], bytes] = render) -> Any:
+    """Answer /metrics on an already bound socket with `samples()` (the filter's, or the
+    web page's own registry); returns the asyncio server."""
+    return await asyncio.start_server(functools.partial(_answer, samples=samples), sock=sock,
+                                      limit=16384)

@@ -22,16 +22,22 @@ import logging
 import re
 import smtplib
 import string
+import time
+from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from .config import NotifyConfig
 from .store import Notification, QuarantineRecord, Store, utcnow
+
+if TYPE_CHECKING:
+    from .web.links import ReleaseLinks
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +63,27 @@ def backoff(attempts: int, interval: float) -> dt.timedelta:
     return dt.timedelta(seconds=min(3600.0, 6 * interval * 2 ** max(0, attempts - 1)))
 
 
+# The recipient notice's ${release_link}: a link when [web] makes them, else the way it was
+# before there were links. A template of the admin's own without the placeholder keeps its
+# own wording.
+RELEASE_LINK_TEXT = (
+    "To release it to yourself, open:\n"
+    "{url}\n"
+    "(valid until {until}; it works once).\n"
+    "\n"
+    "If the link does not work, ask your mail administrator ({admin}), quoting the\n"
+    "quarantine ID above.")
+ASK_ADMIN_TEXT = (
+    "If you believe this is a mistake, ask your mail administrator ({admin}) to release it,\n"
+    "quoting the quarantine ID above.")
+
+
 class Notifications:
-    def __init__(self, config: NotifyConfig, hostname: str) -> None:
+    def __init__(self, config: NotifyConfig, hostname: str,
+                 links: ReleaseLinks | None = None) -> None:
         self.config = config
         self.hostname = hostname
+        self.links = links  # release links in recipient notices ([web] base_url and key)
 
     @property
     def enabled(self) -> bool:
@@ -78,12 +101,14 @@ class Notifications:
         sender = self.config.from_
         return sender if "@" in sender else f"{sender}@{self.hostname}"
 
-    def render(self, name: str, to: str, values: dict[str, str]) -> str:
+    def render(self, name: str, to: str, values: dict[str, str],
+               paragraphs: Mapping[str, str] | None = None) -> str:
         """A complete message, CRLF line endings: the template's Subject line and body, our
         headers. A value cannot add a line or a header: its control characters become
-        spaces (a decoded Subject may hold a CR or LF)."""
+        spaces (a decoded Subject may hold a CR or LF). `paragraphs` are texts of ours, put in
+        with their line breaks (their own values were made safe by their maker)."""
         safe = {key: _CONTROL.sub(" ", value) for key, value in values.items()}
-        text = self.template(name).safe_substitute(safe)
+        text = self.template(name).safe_substitute({**safe, **(paragraphs or {})})
         first, _, body = text.partition("\n")
         subject = first[len("Subject:"):].strip() if first.lower().startswith("subject:") \
             else "lmtpfilter notification"
@@ -124,9 +149,26 @@ class Notifications:
         if self.config.sender and sender and recipients:
             wanted.append(("sender", sender))
         for kind, to in wanted:
+            paragraphs = ({"release_link": self.release_paragraph(record, to, values["admin"])}
+                          if kind == "recipient" else None)
             session.add(Notification(created_at=now, kind=kind, to_address=to,
-                                     message=self.render(kind, to, values), attempts=0,
-                                     next_attempt_at=now, last_error=""))
+                                     message=self.render(kind, to, values, paragraphs),
+                                     attempts=0, next_attempt_at=now, last_error=""))
+
+    def release_paragraph(self, record: QuarantineRecord, to: str, admin: str) -> str:
+        """The recipient notice's ${release_link}: a link for this recipient only (each gets
+        their own, since a link releases to the recipient it names), or the way to ask the
+        admin. No link for a virus: only an admin releases one (the web page refuses too)."""
+        admin = _CONTROL.sub(" ", admin)
+        if self.links is None or record.reason == "virus":
+            return ASK_ADMIN_TEXT.format(admin=admin)
+        now = time.time()
+        try:
+            url = self.links.make(record.id, to, now)
+        except ValueError:  # an address no link can carry (e.g. one with a space in quotes)
+            return ASK_ADMIN_TEXT.format(admin=admin)
+        until = format_datetime(dt.datetime.fromtimestamp(self.links.expiry(now), dt.UTC))
+        return RELEASE_LINK_TEXT.format(url=url, until=until, admin=admin)
 
 
 def _mailbox(sender: str) -> str:

@@ -6,12 +6,16 @@
 # libarchive (archive members), through packages whose names Debian 12 and 13 share.
 LMTPFILTER_RUNTIME_LIBRARIES=(file libarchive-tools)
 
+# What the browser tests of the web page use (tests/harness/browser.py): Debian's chromium,
+# headless, driven by Selenium through Debian's chromedriver. Tests only: the page itself
+# serves plain HTML and needs no browser on the server: only run-tests.sh installs these.
+LMTPFILTER_BROWSER_TEST_PACKAGES=(chromium chromium-driver)
+
 LMTPFILTER_DEB_PACKAGES=(
   python3 python3-venv python3-pip
   "${LMTPFILTER_RUNTIME_LIBRARIES[@]}"
   postfix                                   # the MTA in front (and smtp-source/smtp-sink)
   dovecot-core dovecot-lmtpd dovecot-sieve dovecot-managesieved   # final delivery + Sieve
-  dovecot-imapd                             # IMAP: users read mail; the web page checks passwords
   clamav-daemon clamdscan clamav-testfiles  # virus scanning
   spamd spamc spamassassin                  # spam scoring
   swaks                                     # sending test mail by hand

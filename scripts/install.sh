@@ -12,9 +12,11 @@
 #   gives back to lmtpfilter what a command run as root by an older version left to root there
 #     (the service could not write it), then runs `lmtpfilter db upgrade` and `lmtpfilter sieve
 #     sync` as lmtpfilter;
+#   /etc/lmtpfilter/web.key if there is none: 32 random bytes for `lmtpfilter web` (the
+#     quarantine page signs its cookies and release links with it), lmtpfilter's own, 0600;
 #   installs the systemd units (and reloads systemd when it runs). It enables nothing: the
 #     README's production guide says when to `systemctl enable --now lmtpfilter
-#     lmtpfilter-janitor.timer`.
+#     lmtpfilter-janitor.timer`, and its web page section when to enable lmtpfilter-web.
 #
 # The locations can be moved for tests: LMTPFILTER_PREFIX (/opt/lmtpfilter), LMTPFILTER_ETC
 # (/etc/lmtpfilter), LMTPFILTER_STATE (/var/lib/lmtpfilter), LMTPFILTER_UNITS
@@ -59,6 +61,14 @@ if [ ! -e "$CONFIG" ]; then
   chown root:"$USER_NAME" "$CONFIG"
   chmod 0640 "$CONFIG"
   echo "wrote $CONFIG: review it"
+fi
+# The web page's key: whoever reads it can forge sessions and release links, so only the
+# service user may (`lmtpfilter web` refuses a key file others can read). Kept on upgrades:
+# a new key would log everyone out and void the links in notifications already sent.
+WEB_KEY=$ETC/web.key
+if [ ! -e "$WEB_KEY" ]; then
+  (umask 077 && head -c 32 /dev/urandom > "$WEB_KEY")
+  chown "$USER_NAME:$USER_NAME" "$WEB_KEY"
 fi
 install -d -m 0751 -o "$USER_NAME" -g "$USER_NAME" "$STATE"
 install -d -m 0755 -o "$USER_NAME" -g "$USER_NAME" "$STATE/sieve"

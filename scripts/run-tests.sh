@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/debian-packages.sh
 
 install_debian_packages
+install_debian_packages "${LMTPFILTER_BROWSER_TEST_PACKAGES[@]}"
 install_unstarted_packages "${LMTPFILTER_MIGRATION_TEST_PACKAGES[@]}" \
   "${LMTPFILTER_CYRUS_TEST_PACKAGES[@]}"
 make_venv .venv -e ".[test]"

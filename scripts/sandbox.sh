@@ -16,7 +16,6 @@ PREFIX=${LMTPFILTER_PREFIX:-/opt/lmtpfilter}
 FILTER_PORT=10024          # where you (or Postfix) talk LMTP to lmtpfilter
 DOVECOT_LMTP_PORT=11024    # the sandbox's final delivery server
 DOVECOT_SIEVE_PORT=11190   # its ManageSieve, with a master user:
-DOVECOT_IMAP_PORT=11143    # its IMAP (users read their mail; `lmtpfilter web` checks passwords)
 MASTER_USER=admin
 MASTER_PASSWORD=adminsecret
 SPAMD_PORT=11783
@@ -78,7 +77,6 @@ start_dovecot() {
     > "$d/lmtpfilter-master-user.conf"
   sed -e "s#{dir}#$d#g" -e "s#{instance}#lmtpfilter-sandbox#g" \
       -e "s#{lmtp_port}#$DOVECOT_LMTP_PORT#g" -e "s#{sieve_port}#$DOVECOT_SIEVE_PORT#g" \
-      -e "s#{imap_port}#$DOVECOT_IMAP_PORT#g" \
       -e "s#{uid}#$uid#g" -e "s#{gid}#$gid#g" "$conf/standalone.conf" > "$d/dovecot.conf"
   doveconf -c "$d/dovecot.conf" -n > /dev/null
   setsid dovecot -F -c "$d/dovecot.conf" > "$d/log/stdout" 2>&1 < /dev/null &

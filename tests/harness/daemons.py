@@ -328,8 +328,7 @@ class Dovecot:
     managesieve_port: int
     users: tuple[str, ...]
     pid: int
-    imap_port: int = 0
-    """IMAP (LOGIN with the user's password; `lmtpfilter web` checks passwords there)."""
+
     password: str = USER_PASSWORD
     master_user: str = MASTER_USER
     master_password: str = MASTER_PASSWORD
@@ -345,6 +344,12 @@ class Dovecot:
     @property
     def log_path(self) -> Path:
         return self.dir / "log" / "dovecot.log"
+
+    @property
+    def auth_socket(self) -> Path:
+        """Dovecot's auth-client socket (base_dir/auth-client): `lmtpfilter web` checks
+        passwords there ([web] authenticator = "dovecot")."""
+        return self.dir / "run" / "auth-client"
 
     def home(self, address: str) -> Path:
         local, _, domain = address.rpartition("@")
@@ -408,7 +413,7 @@ SNIPPETS = {
     "lmtpfilter-master-user.conf": ("/etc/dovecot/master-users", "masters"),
 }
 """Production snippet -> (the production path in it, the instance's path relative to its dir)."""
-TEMPLATE_NAMES = ("dir", "instance", "lmtp_port", "sieve_port", "imap_port", "uid", "gid")
+TEMPLATE_NAMES = ("dir", "instance", "lmtp_port", "sieve_port", "uid", "gid")
 """The names in braces that standalone.conf leaves to be filled in."""
 
 
@@ -479,7 +484,6 @@ def start_dovecot(
     *,
     lmtp_port: int | None = None,
     managesieve_port: int | None = None,
-    imap_port: int | None = None,
 ) -> Dovecot:
     """Start Dovecot in ``base/dovecot``. users: "addr" or ("addr", quota like "1K" or None).
 
@@ -489,7 +493,6 @@ def start_dovecot(
     d = _instance_dir(base, "dovecot")
     lmtp_port = lmtp_port or free_port()
     managesieve_port = managesieve_port or free_port()
-    imap_port = imap_port or free_port()
     uid = pwd.getpwnam(MAIL_USER).pw_uid
     gid = grp.getgrnam(MAIL_GROUP).gr_gid
     syntax = dovecot_syntax()
@@ -508,7 +511,7 @@ def start_dovecot(
     (d / "users").write_text("".join(lines))
     (d / "masters").write_text(f"{MASTER_USER}:{{PLAIN}}{MASTER_PASSWORD}\n")
     conf = syntax.write(d, instance=f"lmtpfilter-test-{lmtp_port}", lmtp_port=lmtp_port,
-                        sieve_port=managesieve_port, imap_port=imap_port, uid=uid, gid=gid)
+                        sieve_port=managesieve_port, uid=uid, gid=gid)
 
     check = subprocess.run(
         ["doveconf", "-n", "-c", str(conf)], capture_output=True, timeout=30, check=False
@@ -532,14 +535,13 @@ def start_dovecot(
         dir=d,
         lmtp_port=lmtp_port,
         managesieve_port=managesieve_port,
-        imap_port=imap_port,
         users=tuple(addresses),
         pid=proc.pid,
         series=syntax.series,
         _proc=proc,
     )
     why = _wait_banners(
-        [(lmtp_port, b"220"), (managesieve_port, b'"IMPLEMENTATION"'), (imap_port, b"* OK")],
+        [(lmtp_port, b"220"), (managesieve_port, b'"IMPLEMENTATION"')],
         alive=lambda: proc.poll() is None,
         timeout=READY_TIMEOUT,
     )

@@ -49,6 +49,13 @@ def test_install_twice(places: dict[str, Path]) -> None:
     assert (places["state"] / "sieve" / "default.sieve").exists()
     unit = (places["units"] / "lmtpfilter.service").read_text()
     assert f"ExecStart={places['prefix']}/venv/bin/lmtpfilter serve" in unit
+    web_unit = (places["units"] / "lmtpfilter-web.service").read_text()
+    assert f"ExecStart={places['prefix']}/venv/bin/lmtpfilter web" in web_unit
+    # The web page's key: the service user's alone (`lmtpfilter web` refuses a wider one).
+    key = places["etc"] / "web.key"
+    assert mode(key) == 0o600 and key.stat().st_uid == pwd.getpwnam("lmtpfilter").pw_uid
+    web_key = key.read_bytes()
+    assert len(web_key) == 32
     for command in ("lmtpfilter", "lmtpfilter-janitor"):  # on PATH, in LMTPFILTER_BIN
         link = places["bin"] / command
         assert link.resolve() == places["prefix"] / "venv/bin" / command
@@ -62,6 +69,7 @@ def test_install_twice(places: dict[str, Path]) -> None:
     second = install(places)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "# edited by the admin" in config.read_text()  # the config is kept
+    assert key.read_bytes() == web_key  # and the key: a new one would void sent links
     assert database.stat().st_uid == pwd.getpwnam("lmtpfilter").pw_uid
     assert mode(database) == 0o640
     if shutil.which("systemd-analyze"):

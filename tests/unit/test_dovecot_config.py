@@ -84,8 +84,8 @@ def test_an_unknown_or_old_version_is_refused(text: str) -> None:
 @pytest.mark.parametrize("syntax", DOVECOT_SYNTAXES.values(), ids=lambda s: s.series)
 def test_the_standalone_instance_includes_the_snippets(syntax: DovecotSyntax,
                                                        tmp_path: Path) -> None:
-    conf = syntax.write(tmp_path, instance="i", lmtp_port=24, sieve_port=4190, imap_port=143,
-                        uid=8, gid=9)
+    conf = syntax.write(tmp_path, instance="i", lmtp_port=24, sieve_port=4190, uid=8,
+                        gid=9)
     text = conf.read_text()
     assert not re.search(r"(?<!%)\{[a-z_]+\}", text)  # every name in braces filled in
     assert re.findall(r"^!include (\S+)$", text, re.M) == [

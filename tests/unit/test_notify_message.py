@@ -15,9 +15,11 @@ from typing import Any, ClassVar
 
 import pytest
 
+from lmtpfilter.app import build
 from lmtpfilter.config import NotifyConfig, from_mapping
 from lmtpfilter.notify import MAX_LINE, Notifications, Outbox, mail_options, wire_bytes
 from lmtpfilter.store import Notification, QuarantineRecord
+from lmtpfilter.web.links import ReleaseLinks
 
 HOSTNAME = "filter.example.org"
 ADMIN = "admin@example.org"
@@ -208,3 +210,76 @@ def test_outbox_records_an_smtp_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(smtplib, "SMTP", RecordingSMTP)
     outbox = Outbox(None, config(), hostname=HOSTNAME)  # type: ignore[arg-type]
     assert "bare <LF>" in outbox._send("u@example.org", "Subject: x\r\n\r\ny\r\n")
+
+
+# ---- the release link in the recipient notice ------------------------------------------------
+
+BASE_URL = "https://mail.example.org/quarantine"
+
+
+def links() -> ReleaseLinks:
+    return ReleaseLinks(b"k" * 32, BASE_URL, 7 * 86400)
+
+
+def body_of(row: Notification) -> str:
+    parsed = assert_proper_smtp_message(wire_bytes(row.message))
+    return parsed.get_body().get_content()  # type: ignore[union-attr, no-any-return]
+
+
+def test_each_recipient_gets_a_link_for_themselves() -> None:
+    rec = record()
+    rec.reason, rec.detail = "spam", "score 31.2"
+    rows = enqueue(Notifications(config(sender=True), HOSTNAME, links()), rec,
+                   ["alice@example.org", "Bob+lists@Example.org"])
+    for to in ("alice@example.org", "Bob+lists@Example.org"):
+        text = body_of(rows[f"recipient {to}"])
+        assert "To release it to yourself, open:\r\n" in text
+        [url] = [line for line in text.splitlines() if line.startswith(BASE_URL)]
+        claim = links().verify(url.removeprefix(f"{BASE_URL}/r/"))
+        assert (claim.qid, claim.recipient) == (rec.id, to)
+        assert "; it works once).\r\n" in text and "(valid until " in text
+        assert "$" not in text
+    assert BASE_URL not in rows["sender sender@example.net"].message  # the sender gets none
+
+
+def test_no_link_for_a_virus_nor_without_links() -> None:
+    """Only an admin releases a virus; without [web] base_url and a key, no link at all:
+    both say to ask the admin, as the notice always did."""
+    spam = record()
+    spam.reason = "spam"
+    for notifications, rec in [(Notifications(config(), HOSTNAME, links()), record()),
+                               (Notifications(config(), HOSTNAME), spam)]:
+        text = body_of(enqueue(notifications, rec, ["u@example.org"])["recipient u@example.org"])
+        assert BASE_URL not in text and "$" not in text
+        assert " ".join(text.split()).endswith(
+            f"If you believe this is a mistake, ask your mail administrator ({ADMIN}) to "
+            "release it, quoting the quarantine ID above.")
+
+
+def test_an_address_no_link_can_carry_gets_the_old_paragraph() -> None:
+    rec = record()
+    rec.reason = "spam"
+    to = '"john doe"@example.org'
+    text = body_of(enqueue(Notifications(config(), HOSTNAME, links()), rec, [to])
+                   [f"recipient {to}"])
+    assert BASE_URL not in text and "ask your mail administrator" in text
+
+
+def test_a_custom_template_without_the_placeholder_still_renders(tmp_path: Path) -> None:
+    (tmp_path / "recipient.txt").write_text(
+        "Subject: Quarantined\n\nAsk ${admin} about ${id}.\n", encoding="utf-8")
+    rec = record()
+    rec.reason = "spam"
+    rows = enqueue(Notifications(config(templates=str(tmp_path)), HOSTNAME, links()), rec,
+                   ["u@example.org"])
+    assert body_of(rows["recipient u@example.org"]) == f"Ask {ADMIN} about {rec.id}.\r\n"
+
+
+def test_a_bad_key_file_stops_serve_at_start(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)
+    cfg = from_mapping({"database": {"url": f"sqlite:///{tmp_path}/x.db"},
+                        "web": {"base_url": BASE_URL, "secret_key_file": str(key)}})
+    with pytest.raises(ValueError, match=r"^\[web\] secret_key_file .* chmod 600 "):
+        build(cfg)

@@ -40,3 +40,15 @@ def test_units_are_hardened() -> None:
 
 def test_timer_is_persistent() -> None:
     assert "Persistent=true" in (UNITS[0].parent / "lmtpfilter-janitor.timer").read_text()
+
+
+def test_web_unit_runs_the_page_and_writes_only_the_state() -> None:
+    text = (UNITS[0].parent / "lmtpfilter-web.service").read_text()
+    assert "ExecStart=/opt/lmtpfilter/venv/bin/lmtpfilter web\n" in text
+    assert "User=lmtpfilter\n" in text
+    # The database, the Sieve scripts and the quarantine are all below /var/lib/lmtpfilter;
+    # the page creates no directory of its own (the filter's unit makes that one).
+    writable = [line for line in text.splitlines()
+                if line.startswith(("ReadWritePaths=", "StateDirectory=", "RuntimeDirectory=",
+                                    "CacheDirectory=", "LogsDirectory="))]
+    assert writable == ["ReadWritePaths=/var/lib/lmtpfilter"]
