@@ -167,6 +167,12 @@ class Postgres:
         self._admin("createdb", "-O", PG_USER, name)
         return self.url(name)
 
+    def psql(self, database: str, sql: str) -> str:
+        """Run SQL as the superuser in `database` (stops at the first error); its output."""
+        _check_db_name(database)
+        return self._admin("psql", "-v", "ON_ERROR_STOP=1", "-X", "-q", "-d", database,
+                           "-c", sql).stdout
+
     def drop_database(self, name: str) -> None:
         """Drop database ``name`` if it exists, terminating its open connections."""
         _check_db_name(name)
