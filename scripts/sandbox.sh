@@ -20,6 +20,7 @@ MASTER_USER=admin
 MASTER_PASSWORD=adminsecret
 SPAMD_PORT=11783
 SMTP_PORT=2525             # the sandbox's Postfix: SMTP in, LMTP to lmtpfilter
+WEB_PORT=8025              # lmtpfilter web: the quarantine self-service page (plain HTTP here)
 USERS=(alice@example.org bob@example.org postmaster@example.org)
 
 stop_pidfile() {
@@ -39,6 +40,7 @@ down() {
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi
+  stop_pidfile "$ROOT/web.pid"
   stop_pidfile "$ROOT/lmtpfilter.pid"
   stop_pidfile "$ROOT/dovecot/run/master.pid"
   stop_pidfile "$ROOT/clamd/clamd.pid"
@@ -212,7 +214,17 @@ tag2_level = 5.0
 kill_level = 25.0
 spam_destiny = "pass"        # GTUBE scores 1000: delivered tagged, so you can look at it
 virus_destiny = "discard"    # quarantined, 250 2.7.0
+
+[web]
+listen = "127.0.0.1:$WEB_PORT"
+base_url = "http://127.0.0.1:$WEB_PORT"   # recipient notices carry a release link
+secret_key_file = "$ROOT/web.key"
+authenticator = "dovecot"
+dovecot_auth_socket = "$ROOT/dovecot/run/auth-client"
+admins = ["postmaster@example.org"]
+allow_plain_http = true      # a page on localhost only; in production it is behind TLS
 CONF
+  [ -s "$ROOT/web.key" ] || (umask 077; head -c 32 /dev/urandom > "$ROOT/web.key")
   "$PREFIX/venv/bin/lmtpfilter" check-config -c "$ROOT/lmtpfilter.toml" > /dev/null
   "$PREFIX/venv/bin/lmtpfilter" db upgrade -c "$ROOT/lmtpfilter.toml" > /dev/null
   "$PREFIX/venv/bin/lmtpfilter" sieve sync -c "$ROOT/lmtpfilter.toml" > /dev/null
@@ -220,6 +232,19 @@ CONF
     >> "$ROOT/lmtpfilter.log" 2>&1 < /dev/null &
   echo $! > "$ROOT/lmtpfilter.pid"
   wait_banner "$FILTER_PORT" 220
+}
+
+start_web() {
+  setsid "$PREFIX/venv/bin/lmtpfilter" web -c "$ROOT/lmtpfilter.toml" \
+    >> "$ROOT/web.log" 2>&1 < /dev/null &
+  echo $! > "$ROOT/web.pid"
+  for _ in $(seq 100); do
+    "$PREFIX/venv/bin/python" -c "import urllib.request as u; \
+u.urlopen('http://127.0.0.1:$WEB_PORT/login', timeout=2)" 2> /dev/null && return 0
+    sleep 0.1
+  done
+  echo "lmtpfilter web does not answer on 127.0.0.1:$WEB_PORT (see $ROOT/web.log)" >&2
+  return 1
 }
 
 up() {
@@ -234,6 +259,7 @@ up() {
   start_clamd
   start_spamd
   start_filter
+  start_web
   start_postfix
   count_alice() { find "$ROOT/dovecot/mail/example.org/alice/Maildir/new" -type f 2>/dev/null \
                   | wc -l || true; }
@@ -258,6 +284,8 @@ alice's Maildir.
   Dovecot     $(dovecot --version | cut -d' ' -f1), LMTP on 127.0.0.1:$DOVECOT_LMTP_PORT   config $ROOT/dovecot/dovecot.conf
               users ${USERS[*]}, password "secret"
               ManageSieve on 127.0.0.1:$DOVECOT_SIEVE_PORT, also as master user $MASTER_USER ("$MASTER_PASSWORD")
+  web page    http://127.0.0.1:$WEB_PORT/ (log in as alice@example.org, password "secret";
+              postmaster@example.org is an admin)   log $ROOT/web.log
   clamd       $ROOT/clamd/clamd.sock (test signatures: EICAR, clamav-testfiles)
   spamd       127.0.0.1:$SPAMD_PORT
 
@@ -293,7 +321,7 @@ TXT
 }
 
 status() {
-  for f in "$ROOT/lmtpfilter.pid" "$ROOT/dovecot/run/master.pid" "$ROOT/clamd/clamd.pid" \
+  for f in "$ROOT/lmtpfilter.pid" "$ROOT/web.pid" "$ROOT/dovecot/run/master.pid" "$ROOT/clamd/clamd.pid" \
            "$ROOT/spamd/spamd.pid"; do
     if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then echo "running: $f"; \
     else echo "stopped: $f"; fi
