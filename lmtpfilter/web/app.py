@@ -695,22 +695,23 @@ def _result_page(state: WebState, request: Request, outcomes: list[Outcome], act
                    outcomes=outcomes, action=action)
 
 
-async def release_post(state: WebState, request: Request) -> Response:
+async def _one_message(state: WebState, request: Request, action: str) -> Response:
+    """POST /m/QID/release or /m/QID/delete: the action on one message, its result page."""
     await _form(state, request)
     who = _login_required(state, request)
-    outcome = await _release_one(state, who, request.path_params["qid"])
+    act = _release_one if action == "release" else _delete_one
+    outcome = await act(state, who, request.path_params["qid"])
     if outcome.status == 404:
         raise PageError(404, NOT_FOUND)
-    return _result_page(state, request, [outcome], "release", outcome.status)
+    return _result_page(state, request, [outcome], action, outcome.status)
+
+
+async def release_post(state: WebState, request: Request) -> Response:
+    return await _one_message(state, request, "release")
 
 
 async def delete_post(state: WebState, request: Request) -> Response:
-    await _form(state, request)
-    who = _login_required(state, request)
-    outcome = await _delete_one(state, who, request.path_params["qid"])
-    if outcome.status == 404:
-        raise PageError(404, NOT_FOUND)
-    return _result_page(state, request, [outcome], "delete", outcome.status)
+    return await _one_message(state, request, "delete")
 
 
 async def bulk_post(state: WebState, request: Request) -> Response:

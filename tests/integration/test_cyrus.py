@@ -36,6 +36,7 @@ from tests.harness.cyrus import (
     start_cyrus,
 )
 from tests.harness.daemons import Postfix, free_port, lmtp_deliver, start_postfix
+from tests.harness.managesieve import ManageSieveSession
 from tests.harness.scanners import EICAR, GTUBE, Clamd, Spamd
 from tests.integration.test_scanning import message
 from tests.lmtp_tools import lmtp_session
@@ -178,48 +179,13 @@ async def test_plus_address_gets_the_users_policy(
 # ---- per-user Sieve over ManageSieve (timsieved) -------------------------------------------
 
 
-class Sieve:
+def sieve_session(cyrus: Cyrus, user: str, as_proxy: bool = False) -> ManageSieveSession:
     """A ManageSieve session to timsieved: as a user, or as the filter's proxy login."""
-
-    def __init__(self, cyrus: Cyrus, user: str, as_proxy: bool = False) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", cyrus.sieve_port), timeout=10)
-        self.file = self.sock.makefile("rb")
-        self._until_ok()
-        self.command(f'AUTHENTICATE "PLAIN" "{cyrus.sieve_token(user, as_proxy)}"')
-
-    def _until_ok(self) -> bytes:
-        data = b""
-        while True:
-            line = self.file.readline()
-            data += line
-            if line.startswith((b"OK", b"NO", b"BYE")) or not line:
-                assert line.startswith(b"OK"), data
-                return data
-
-    def command(self, text: str) -> bytes:
-        self.sock.sendall(text.encode() + b"\r\n")
-        return self._until_ok()
-
-    def put(self, name: str, script: str) -> None:
-        body = script.encode()
-        self.command(f'PUTSCRIPT "{name}" {{{len(body)}+}}\r\n{script}')
-
-    def scripts(self) -> dict[str, str]:
-        """Every script with its text; the active one's name ends in " ACTIVE"."""
-        listing = self.command("LISTSCRIPTS").decode()
-        out = {}
-        for name, active in re.findall(r'^"([^"]+)"( ACTIVE)?\r$', listing, re.M):
-            text = self.command(f'GETSCRIPT "{name}"').decode()
-            out[name + active] = text
-        return out
-
-    def close(self) -> None:
-        self.sock.sendall(b"LOGOUT\r\n")
-        self.sock.close()
+    return ManageSieveSession(cyrus.sieve_port, cyrus.sieve_token(user, as_proxy))
 
 
 def scripts_of(cyrus: Cyrus, user: str) -> dict[str, str]:
-    session = Sieve(cyrus, user)
+    session = sieve_session(cyrus, user)
     try:
         return session.scripts()
     finally:
@@ -230,7 +196,7 @@ def scripts_of(cyrus: Cyrus, user: str) -> dict[str, str]:
 def sieve_filter(filter_process: type[FilterProcess], daemon_base: Path, cyrus: Cyrus,
                  spamd: Spamd) -> FilterProcess:
     """A filter installing scripts over ManageSieve; own@ has an active script of their own."""
-    own = Sieve(cyrus, OWN)
+    own = sieve_session(cyrus, OWN)
     own.put("mine", 'require ["fileinto", "mailbox"];\r\n'
                     'if header :contains "Subject" "lunch" { fileinto :create "INBOX/Lunch"; }\r\n')
     own.command('SETACTIVE "mine"')

@@ -11,8 +11,6 @@ own Dovecot, so that a default script never reaches another test's users.
 
 from __future__ import annotations
 
-import base64
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +19,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FilterProcess, filter_config, new_workdir
-from tests.harness.daemons import MASTER_PASSWORD, MASTER_USER, Dovecot, free_port, start_dovecot
+from tests.harness.daemons import (
+    MASTER_PASSWORD,
+    MASTER_USER,
+    Dovecot,
+    free_port,
+    managesieve_plain_token,
+    start_dovecot,
+)
+from tests.harness.managesieve import ManageSieveSession
 from tests.harness.scanners import GTUBE, Spamd
 from tests.integration.test_scanning import message
 from tests.lmtp_tools import lmtp_session
@@ -141,36 +147,9 @@ def test_user_delete_removes_the_script(dir_filter: FilterProcess,
 
 # ---- ManageSieve ---------------------------------------------------------------------------
 
-class Sieve:
-    """Just enough ManageSieve to play a user who has a script of their own."""
-
-    def __init__(self, port: int, user: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.file = self.sock.makefile("rb")
-        self._until_ok()
-        token = base64.b64encode(f"\0{user}\0secret".encode()).decode()
-        self.command(f'AUTHENTICATE "PLAIN" "{token}"')
-
-    def _until_ok(self) -> bytes:
-        data = b""
-        while True:
-            line = self.file.readline()
-            data += line
-            if line.startswith((b"OK", b"NO", b"BYE")):
-                assert line.startswith(b"OK"), data
-                return data
-
-    def command(self, text: str) -> bytes:
-        self.sock.sendall(text.encode() + b"\r\n")
-        return self._until_ok()
-
-    def put(self, name: str, script: str) -> None:
-        body = script.encode()
-        self.command(f'PUTSCRIPT "{name}" {{{len(body)}+}}\r\n{script}')
-
-    def close(self) -> None:
-        self.sock.sendall(b"LOGOUT\r\n")
-        self.sock.close()
+def sieve_session(port: int, user: str) -> ManageSieveSession:
+    """A ManageSieve session as `user` (password "secret")."""
+    return ManageSieveSession(port, managesieve_plain_token("", user, "secret"))
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +165,7 @@ async def test_managesieve_installer(filter_process: type[FilterProcess], daemon
                                      ms_dovecot: Dovecot, spamd: Spamd) -> None:
     dc = ms_dovecot
     # m1 already has an active script of their own.
-    own = Sieve(dc.managesieve_port, M1)
+    own = sieve_session(dc.managesieve_port, M1)
     own.put("mine", 'require ["fileinto", "mailbox"];\n'
                     'if header :contains "Subject" "lunch" { fileinto :create "Lunch"; }\n')
     own.command('SETACTIVE "mine"')
@@ -210,7 +189,7 @@ async def test_managesieve_installer(filter_process: type[FilterProcess], daemon
     dc.wait_for_messages(M1, 1, folder="Lunch")
     # Deleting the overrides gives m1 their own script back.
     assert cli(proc, "user", "delete", M1).returncode == 0
-    check = Sieve(dc.managesieve_port, M1)
+    check = sieve_session(dc.managesieve_port, M1)
     listing = check.command("LISTSCRIPTS")
     check.close()
     assert b'"mine" ACTIVE' in listing and b"lmtpfilter" not in listing

@@ -27,12 +27,12 @@ from tests.harness.daemons import USER_PASSWORD, Dovecot, free_port
 from tests.harness.scanners import EICAR, GTUBE, Clamd, Spamd
 from tests.integration.test_scanning import message
 from tests.lmtp_tools import lmtp_session
+from tests.unit.test_web_access import csrf_of
 
 pytestmark = pytest.mark.integration
 
 U1, U2, ADMIN = "user1@example.org", "user2@example.org", "user3@example.org"
 QUARANTINED = re.compile(r"quarantined as ([A-Za-z0-9_-]{22})$")
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 @dataclass
@@ -113,12 +113,6 @@ def page(filter_process: type[FilterProcess], daemon_base: Path, dovecot: Doveco
         if web.poll() is None:
             web.kill()
             web.wait()
-
-
-def csrf_of(html: str) -> str:
-    found = CSRF.search(html)
-    assert found, html[:2000]
-    return found.group(1)
 
 
 async def log_in(client: httpx.AsyncClient, address: str, password: str = USER_PASSWORD

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.orm import Session
 
 from lmtpfilter import store as st
 from lmtpfilter.web.links import ReleaseLinks
@@ -84,8 +85,10 @@ async def test_the_readme_grants_are_enough_and_no_more(
                           "UPDATE quarantine SET sender = 'x'", "SELECT * FROM notifications",
                           "INSERT INTO sender_lists (recipient, sender, action, created_at, "
                           "note) VALUES ('.', '<>', 'allow', now(), '')"):
+            def attempt(session: Session, sql: str = forbidden) -> object:
+                return session.execute(text(sql))
             with pytest.raises(ProgrammingError, match="permission denied"):
-                web_store.transaction(lambda s, q=forbidden: s.execute(text(q)))
+                web_store.transaction(attempt)
     finally:
         web_store.close()
         owner.close()
