@@ -90,7 +90,31 @@ class ServerConfig:
         "30s", parse_duration,
         "On SIGTERM, how long in-flight transactions may run before the rest get 421.")
     idle_timeout: float = option(
-        "300s", parse_duration, "Close a client connection idle for this long (RFC 5321 5 min).")
+        "300s", parse_duration,
+        "Close a client connection (421 4.4.2) that takes this long to send a whole command "
+        "line, or that sends nothing for this long during DATA (RFC 5321 5 min; 0 = never). "
+        "It runs per command, not per read, so a byte a second does not keep it alive.")
+    transaction_timeout: float = option(
+        "10m", parse_duration,
+        "Close a client connection (421 4.4.2) whose transaction, from MAIL to the final "
+        "dot, takes longer than this: a client trickling its message cannot hold a slot for "
+        "ever (Postfix: smtpd_per_record_deadline). Our own processing after the dot does "
+        "not count. 0 = never.")
+    max_connections: int = option(
+        200, int_in_range(1, 100_000),
+        "Client connections one process serves at once (so workers x this in all); past it "
+        "a new client gets 421 4.3.2 and is closed (Postfix: default_process_limit 100 per "
+        "service). Each connection costs a file descriptor: keep it under LimitNOFILE.")
+    max_recipients: int = option(
+        1000, int_in_range(100, 100_000),
+        "Accepted RCPTs per transaction; past it RCPT gets 452 4.5.3 and the client sends "
+        "the rest in another transaction (RFC 5321 4.5.3.1.8 asks for at least 100; "
+        "Postfix: smtpd_recipient_limit = 1000).")
+    max_header_size: int = option(
+        "1M", parse_size,
+        "Largest header section (the octets before the first empty line, as received); a "
+        "message with a larger one is refused after the dot with 552 5.3.4 per recipient. "
+        "0 = no limit of its own (max_message_size still applies).")
     user: str = option(
         "", parse_str,
         "Every command started as root switches to this user before it opens a file, so that "

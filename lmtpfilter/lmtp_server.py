@@ -15,9 +15,10 @@ pipeline. All the LMTP server rules live here:
 * every 2xx/4xx/5xx reply but the greeting and LHLO's has an enhanced status code (RFC 2034);
 * after ``354`` the message is read in large pieces up to CRLF.CRLF (never line by line), dot-
   unstuffed (RFC 5321 §4.5.2); bare LF is kept as content, and only CRLF.CRLF ends it;
-* a message over the size limit (RFC 1870) or with a line over 998 octets (RFC 5321
-  §4.5.3.1.6) is refused after the terminator; past the limit it is discarded while read,
-  so memory stays bounded however big it is;
+* a message over the size limit (RFC 1870), with a header section over its own limit or
+  with a line over 998 octets (RFC 5321 §4.5.3.1.6) is refused after the terminator; past a
+  limit it is discarded while read, so memory stays bounded however big it is;
+* past ``max_recipients`` accepted RCPTs, RCPT gets 452 4.5.3 (RFC 5321 §4.5.3.1.10);
 * after the final dot there is exactly one reply per accepted RCPT, in RCPT order, on every
   path (RFC 2033 §4.2); DATA without an accepted RCPT is 503 (RFC 2033 §4.2);
 * while the app processes a message nothing more is read: pipelined commands wait in the
@@ -100,6 +101,10 @@ NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
 NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")  # RFC 2033 §4.2
 TOO_MANY_RCPTS = Reply(452, "4.5.3", "Error: too many recipients")  # RFC 5321 §4.5.3.1.10
 SIZE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+# 552 5.3.4 rather than 554 5.6.0: the header section is well-formed, only too big for us, as a
+# message over max_message_size is (RFC 3463 5.3.4 "too big for system"); 5xx because sending
+# it again cannot help, and one code for both size limits is what senders' MTAs expect.
+HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header section too big for system")
 
 
 class State(enum.Enum):
@@ -123,7 +128,10 @@ class _Body:
 
     scanned: int = 0  # bytes of the buffer already searched for the terminator
     dots: int = 0  # "\r\n." seen in them: dots that unstuffing will remove
-    oversized: bool = False  # past the size limit: read to the terminator, keep nothing
+    oversized: bool = False  # past a limit: read to the terminator, keep nothing
+    refusal: Reply | None = None  # why, once oversized
+    header_scanned: int = 0  # bytes already searched for the empty line ending the header
+    header_done: bool = False  # the header section ended within its limit (or no limit)
 
 
 class ServerConnection:
@@ -131,11 +139,15 @@ class ServerConnection:
 
     def __init__(self, hostname: str, *, max_message_size: int,
                  capabilities: Capabilities = BASIC,
-                 max_recipients: int = MAX_RECIPIENTS) -> None:
-        if max_message_size < 1 or max_recipients < 1:
-            raise ValueError("max_message_size and max_recipients must be positive")
+                 max_recipients: int = MAX_RECIPIENTS, max_header_size: int = 0) -> None:
+        if max_message_size < 1 or max_recipients < 1 or max_header_size < 0:
+            raise ValueError("max_message_size and max_recipients must be positive, "
+                             "max_header_size not negative")
         self.hostname = hostname
         self.max_message_size = max_message_size
+        # 0: only max_message_size applies. A limit that is not below it is moot, and off,
+        # so that one message over both always gets the same reply however it was read.
+        self.max_header_size = max_header_size if max_header_size < max_message_size else 0
         self.capabilities = capabilities
         self.max_recipients = max_recipients
         self.state = State.COMMAND
@@ -376,7 +388,7 @@ class ServerConnection:
             return self._refuse("DATA", Reply(501, "5.5.4", "Syntax: DATA"))
         self._out.append(b"354 End data with <CR><LF>.<CR><LF>\r\n")
         self.state = State.DATA
-        self._body = _Body()
+        self._body = _Body(header_done=not self.max_header_size)
         return None
 
     def _rset(self, arg: str) -> Event | None:
@@ -410,25 +422,53 @@ class ServerConnection:
         end = buf.find(b"\r\n.\r\n", max(0, body.scanned - 4))
         if end >= 0:
             return self._end_of_body(end + 2, end + 5)
+        if not body.oversized and not body.header_done:
+            self._check_header(buf, body)
         if not body.oversized:
             # A lower bound of the unstuffed size: every "\r\n." loses its dot (it cannot
             # overlap itself, so count only the new ones), and the last two bytes may be the
             # terminator's ".\r". Past the limit for sure: stop keeping the message.
             body.dots += buf.count(b"\r\n.", max(0, body.scanned - 2))
             size = len(buf) - 2 - body.dots - buf.startswith(b".")
-            body.oversized = size > self.max_message_size
+            if size > self.max_message_size:
+                body.oversized, body.refusal = True, SIZE_EXCEEDED
         if body.oversized and len(buf) > 4:
             del buf[:-4]  # keep only what may be the start of the terminator
         body.scanned = len(buf)
         return self._close(CloseReason.EOF) if self._eof else NEED_DATA
 
+    def _check_header(self, buf: bytearray, body: _Body) -> None:
+        """Look for the end of the header section in what came since the last look; past
+        max_header_size octets without it, the message is refused and no longer kept.
+
+        The search runs on the stuffed bytes (a stuffed dot is one octet more, harmless) and
+        takes an empty line after CRLF or a bare LF, so that a bare-LF message is not refused.
+        """
+        limit = self.max_header_size
+        if buf.startswith((b"\r\n", b"\n")):  # no header at all
+            body.header_done = True
+            return
+        start = max(0, body.header_scanned - 2)
+        # An empty line at p (after the LF at p - 1) within the limit: p - 1 < limit.
+        for sep in (b"\n\r\n", b"\n\n"):
+            if buf.find(sep, start, limit + len(sep) - 1) >= 0:
+                body.header_done = True
+                return
+        body.header_scanned = min(len(buf), limit + 2)
+        # Past the limit and no empty line in it. The final dot may still be in the bytes
+        # after the limit (a message that is all header): that too is a header over it.
+        if len(buf) > limit + 2:
+            body.oversized, body.refusal = True, HEADER_TOO_BIG
+
     def _end_of_body(self, body_end: int, term_end: int) -> Event:
         tx = self._tx
         assert tx is not None
         buf = self._buf
-        refusal: Reply | None = SIZE_EXCEEDED
+        refusal = self._body.refusal
         data = b""
-        if not self._body.oversized:
+        if not self._body.oversized and self._header_too_big(buf, body_end):
+            refusal = HEADER_TOO_BIG
+        elif not self._body.oversized:
             start = 1 if body_end and buf.startswith(b".") else 0  # RFC 5321 §4.5.2
             with memoryview(buf) as view, view[start:body_end] as part:
                 data = bytes(part)
@@ -446,6 +486,16 @@ class ServerConnection:
         self._tx = None
         self.state = State.COMMAND
         return MessageRefused(tx.sender, tx.params, recipients, refusal)
+
+    def _header_too_big(self, buf: bytearray, end: int) -> bool:
+        """The check of _check_header on the whole message, buf[:end] as received (it may
+        end in the same piece of input that began it, before _read_body looked). The header
+        limit is below the size limit, so a message over both gets this reply either way."""
+        limit = self.max_header_size
+        if not limit or end <= limit or buf.startswith((b"\r\n", b"\n")):
+            return False
+        return all(buf.find(sep, 0, min(end, limit + len(sep) - 1)) < 0
+                   for sep in (b"\n\r\n", b"\n\n"))
 
 
 _FIXED = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import gzip
 import hashlib
@@ -265,6 +266,19 @@ class QuarantineFiles:
 
     def write(self, qid: str, created: dt.datetime,
               chunks: Sequence[bytes | memoryview]) -> StoredFile:
+        """Store one message durably. A filesystem that refuses for want of space (ENOSPC:
+        no block or no inode left; EDQUOT) is a full quarantine, whatever check_budget saw a
+        moment before: QuarantineFull, so that on_full decides (451 4.3.1 by default)."""
+        try:
+            return self._write(qid, created, chunks)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise QuarantineFull(f"the quarantine filesystem refused the write: "
+                                     f"{exc.strerror}") from exc
+            raise
+
+    def _write(self, qid: str, created: dt.datetime,
+               chunks: Sequence[bytes | memoryview]) -> StoredFile:
         rel = relative_path(qid, created)
         final = self.root / rel
         parent = final.parent

@@ -26,6 +26,7 @@ from .quarantine import (
     find,
 )
 from .reply import Reply
+from .smtp_syntax import SyntaxProblem, parse_path
 from .store import QuarantineRecord, Store
 
 
@@ -37,6 +38,19 @@ class ReleaseError(Exception):
 class Released:
     record: QuarantineRecord
     results: list[tuple[str, Reply]]
+
+
+def checked_address(address: str) -> str:
+    """A --to address as RCPT TO will carry it: one mailbox with a domain (or the bare
+    Postmaster RFC 5321 allows, which the filter may have received), nothing else (no CR LF,
+    no closing bracket and parameters), or ReleaseError before anything is sent."""
+    try:
+        mailbox, rest = parse_path(f"<{address}>", utf8=True, null=False, postmaster=True)
+    except SyntaxProblem as exc:
+        raise ReleaseError(f"not a mail address: {address!r} ({exc})") from None
+    if rest or mailbox != address or ("@" not in mailbox and mailbox.lower() != "postmaster"):
+        raise ReleaseError(f"not a mail address: {address!r}")
+    return mailbox
 
 
 def load(session: Session, qid: str, lock: bool = False) -> QuarantineRecord:
@@ -57,7 +71,7 @@ async def release(config: Config, store: Store, qid: str, to: Sequence[str] = ()
     if record.released_at is not None and not force:
         raise ReleaseError(f"{qid} was already released on {record.released_at:%Y-%m-%d %H:%M} "
                            f"to {record.released_to}; use --force to release it again")
-    recipients = list(to) or record.recipient_list
+    recipients = [checked_address(a) for a in to] or record.recipient_list
     # Shared lock: the janitor (exclusive) cannot expire the file while it is released.
     try:
         async with QuarantineLock(config.quarantine.directory, exclusive=False,

@@ -14,6 +14,14 @@ keeps the timers and the shutdown (docs/design.md §1).
   interrupt a delivery or a quarantine write (it gets no reply and retries; that is the only
   way a duplicate can happen).
 * The idle timer does not run while a message is processed: processing is not idleness.
+  Outside DATA it is restarted by a complete command, not by any byte (Postfix's
+  smtpd_per_record_deadline): a client sending a byte a second of an endless line is idle.
+* The transaction timer runs from MAIL to the final dot (our processing does not count): a
+  client trickling its message a byte at a time, which keeps the idle timer alive, cannot
+  hold a connection slot for ever. A minimum data rate would refuse a slow but honest link
+  that a fixed bound lets through, and one deadline is simpler to state and to test.
+* Past [server] max_connections a new client gets 421 4.3.2 and is closed; the log says so
+  once when the limit is first hit and once, with the count, when the pressure is over.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ log = logging.getLogger(__name__)
 
 Processor = Callable[[Transaction], Awaitable[list[Reply]]]
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
+TRANSACTION_TIMEOUT = Reply(421, "4.4.2", "Error: transaction took too long")
+TOO_MANY_CONNECTIONS = Reply(421, "4.3.2", "Too many connections, try again later")
 
 
 def new_transaction_id() -> str:
@@ -66,12 +76,16 @@ class LMTPSession(asyncio.Protocol):
 
     def __init__(self, app: FilterServer) -> None:
         self.app = app
+        server = app.config.server
         self.conn = ServerConnection(
-            app.hostname, max_message_size=app.config.server.max_message_size,
-            capabilities=app.announce())
+            app.hostname, max_message_size=server.max_message_size,
+            capabilities=app.announce(), max_recipients=server.max_recipients,
+            max_header_size=server.max_header_size)
         self.transport: asyncio.Transport | None = None
         self.peer = UNIX_PEER
+        self.admitted = False  # False: refused (too many connections), or not connected yet
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._tx_timer: asyncio.TimerHandle | None = None  # MAIL to the final dot
         self._delivery: asyncio.Task[None] | None = None  # the message being processed
 
     # ---- connection ---------------------------------------------------------------------
@@ -79,22 +93,36 @@ class LMTPSession(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.peer = _peer_of(transport)
-        self.app.sessions.add(self)
+        if not self.app.admit(self):
+            # Instead of the greeting (RFC 5321 3.1); the client comes back later.
+            transport.write(TOO_MANY_CONNECTIONS.line().encode() + b"\r\n")
+            transport.close()
+            return
+        self.admitted = True
         self._restart_idle_timer()
         self._drain()  # the greeting
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.app.sessions.discard(self)
+        if self.admitted:
+            self.app.release(self)
         self._stop_idle_timer()
+        self._stop_tx_timer()
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        if not self.admitted:
+            return
+        in_data = self.conn.state is State.DATA
         self.conn.receive_data(data)
-        if self.conn.state is not State.DELIVERY:
+        # In DATA any byte is progress (the transaction timer bounds a trickle); outside it,
+        # only a complete command is, which _drain reports.
+        progress = self._drain()
+        if (progress or in_data) and self.conn.state not in (State.DELIVERY, State.CLOSED):
             self._restart_idle_timer()
-        self._drain()
 
     def eof_received(self) -> bool:
+        if not self.admitted:
+            return False
         self.conn.receive_data(b"")
         self._drain()
         return True  # keep the transport: replies to what came before the EOF still go out
@@ -110,10 +138,13 @@ class LMTPSession(asyncio.Protocol):
         self._drain()
 
     # ---- the protocol's questions and events --------------------------------------------
-    def _drain(self) -> None:
-        """Handle every event the input so far gives, then write all the replies at once."""
+    def _drain(self) -> bool:
+        """Handle every event the input so far gives, then write all the replies at once.
+        True if a command was completed (it gave an event or a reply)."""
         conn = self.conn
+        progress = False
         while not isinstance(event := conn.next_event(), Signal):
+            progress = True
             if isinstance(event, Mail):
                 if self.app.draining:
                     conn.reject(SHUTTING_DOWN)
@@ -131,11 +162,15 @@ class LMTPSession(asyncio.Protocol):
                     self.transport.pause_reading()
                 self._delivery = asyncio.ensure_future(self._deliver(event))
             elif isinstance(event, ConnectionClosed):
+                self._stop_tx_timer()
                 self._write(conn.data_to_send())
                 if self.transport is not None:
                     self.transport.close()
-                return
-        self._write(conn.data_to_send())
+                return True
+        self._update_tx_timer()
+        out = conn.data_to_send()
+        self._write(out)
+        return progress or bool(out)
 
     def _write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
@@ -190,7 +225,35 @@ class LMTPSession(asyncio.Protocol):
     def _idle_out(self) -> None:
         self._idle_timer = None
         if self.conn.state is not State.DELIVERY:
+            log.info("client %s: idle for %gs (state %s), closed", self.peer,
+                     self.app.config.server.idle_timeout, self.conn.state.value)
             self.abort(IDLE_TIMEOUT)
+
+    # ---- the transaction timer ------------------------------------------------------------
+    def _update_tx_timer(self) -> None:
+        """Running from MAIL to the final dot; stopped while we process the message (our
+        time is not the client's) and between transactions."""
+        conn = self.conn
+        if conn.idle or conn.state in (State.DELIVERY, State.CLOSED):
+            self._stop_tx_timer()
+            return
+        timeout = self.app.config.server.transaction_timeout
+        if self._tx_timer is None and timeout > 0:
+            self._tx_timer = asyncio.get_running_loop().call_later(timeout, self._tx_out)
+
+    def _stop_tx_timer(self) -> None:
+        if self._tx_timer is not None:
+            self._tx_timer.cancel()
+            self._tx_timer = None
+
+    def _tx_out(self) -> None:
+        self._tx_timer = None
+        if self.conn.state is State.DELIVERY:  # cannot happen: stopped at MessageReceived
+            return
+        # The message never reached the pipeline: nothing is delivered, the client retries.
+        log.info("client %s: transaction longer than %gs (state %s), closed", self.peer,
+                 self.app.config.server.transaction_timeout, self.conn.state.value)
+        self.abort(TRANSACTION_TIMEOUT)
 
 
 class FilterServer:
@@ -209,6 +272,32 @@ class FilterServer:
         self.inflight: set[asyncio.Future[list[Reply]]] = set()
         self.draining = False
         self._servers: list[asyncio.AbstractServer] = []
+        self._refused = 0  # clients refused for max_connections in the current episode
+        self._refused_since = 0.0  # when the episode began (monotonic)
+
+    # ---- the connection limit -----------------------------------------------------------
+    def admit(self, session: LMTPSession) -> bool:
+        """Count `session` in, or False past max_connections (it is then refused)."""
+        limit = self.config.server.max_connections
+        if len(self.sessions) < limit:
+            self.sessions.add(session)
+            return True
+        if not self._refused:  # one line per episode, not one per refused client
+            self._refused_since = time.monotonic()
+            log.warning("connection limit reached: %d clients ([server] max_connections); "
+                        "refusing new ones with 421 4.3.2", limit)
+        self._refused += 1
+        return False
+
+    def release(self, session: LMTPSession) -> None:
+        """Count `session` out; the episode is over when a tenth of the slots are free again
+        (not at the first free slot, or a steady overload would log a line per client)."""
+        self.sessions.discard(session)
+        limit = self.config.server.max_connections
+        if self._refused and len(self.sessions) <= limit * 9 // 10:
+            log.warning("connection limit cleared: %d clients refused in %.0fs",
+                        self._refused, time.monotonic() - self._refused_since)
+            self._refused = 0
 
     def refuse_recipient(self, address: str) -> Reply | None:
         """The reply that refuses a recipient at RCPT, or None to accept it. A recipient

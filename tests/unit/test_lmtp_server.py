@@ -173,7 +173,8 @@ def case_connection(case: dict[str, Any]) -> tuple[ServerConnection, App]:
         "mx.example.org", max_message_size=case.get("max_message_size", 10000),
         capabilities=Capabilities(smtputf8=case.get("smtputf8", False),
                                   dsn=case.get("dsn", False)),
-        max_recipients=case.get("max_recipients", 1000))
+        max_recipients=case.get("max_recipients", 1000),
+        max_header_size=case.get("max_header_size", 0))
     app = App(case.get("reject_mail"), case.get("reject_rcpt", {}), case.get("data_replies"))
     return conn, app
 
@@ -417,6 +418,25 @@ def test_oversized_message_is_discarded_while_read() -> None:
     out = run(conn, app, [b".\r\nQUIT\r\n"])
     assert [describe(e) for e in app.events] == ["MessageRefused 552 2", "ConnectionClosed quit"]
     assert out == b"552 5.3.4 Message too big for system\r\n" * 2 + b"221 2.0.0 Bye\r\n"
+
+
+def test_header_over_its_limit_is_discarded_while_read() -> None:
+    """A header section that never ends is not kept past max_header_size, even under a much
+    larger max_message_size: a client cannot make us hold 50 MB of header to refuse it."""
+    limit, chunk = 10_000, 64 * 1024
+    conn, app = ready(max_message_size=50_000_000, max_header_size=limit), App()
+    start(conn, "a@x.org", "b@x.org")
+    line = b"X-Junk: " + b"x" * 68 + b"\r\n"
+    high = 0
+    for _ in range(5_000_000 // (chunk - chunk % len(line))):
+        conn.receive_data(line * (chunk // len(line)))
+        assert conn.next_event() is NEED_DATA
+        high = max(high, conn.buffered)
+    assert high < limit + chunk
+    out = run(conn, app, [b"\r\nbody\r\n.\r\nQUIT\r\n"])
+    assert [describe(e) for e in app.events] == ["MessageRefused 552 2", "ConnectionClosed quit"]
+    assert out == (b"552 5.3.4 Message header section too big for system\r\n" * 2
+                   + b"221 2.0.0 Bye\r\n")
 
 
 def test_huge_command_line_keeps_memory_bounded() -> None:
