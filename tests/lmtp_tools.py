@@ -141,7 +141,7 @@ class SessionResult:
     lhlo: str = ""  # the LHLO reply, lines joined by newlines
 
 
-async def _read_reply(reader: asyncio.StreamReader, timeout: float) -> str:
+async def read_reply(reader: asyncio.StreamReader, timeout: float) -> str:
     """One reply (multi-line joined by newlines); "EOF" if the server closed instead."""
     lines = []
     while True:
@@ -168,9 +168,9 @@ async def lmtp_session(
         host, port = address.rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
     try:
-        assert (await _read_reply(reader, timeout)).startswith("220")
+        assert (await read_reply(reader, timeout)).startswith("220")
         writer.write(b"LHLO client.example\r\n")
-        lhlo = await _read_reply(reader, timeout)
+        lhlo = await read_reply(reader, timeout)
         assert lhlo.startswith("250"), lhlo
         params = list(rcpt_params) or [""] * len(recipients)
         commands = [f"MAIL FROM:<{sender}>{mail_params}".encode()] + [
@@ -185,24 +185,24 @@ async def lmtp_session(
         if pipelined:
             writer.write(b"".join(c + b"\r\n" for c in commands))
             for _ in commands:
-                replies.append(await _read_reply(reader, timeout))
+                replies.append(await read_reply(reader, timeout))
         else:
             for c in commands:
                 writer.write(c + b"\r\n")
-                replies.append(await _read_reply(reader, timeout))
+                replies.append(await read_reply(reader, timeout))
         rcpt_replies = replies[1:-1]
         data_replies: list[str] = []
         if replies[-1].startswith("354"):
             writer.write(body + b".\r\nQUIT\r\n")  # QUIT pipelined right after the dot
             accepted = sum(1 for r in rcpt_replies if r.startswith("2"))
             for _ in range(accepted):
-                reply = await _read_reply(reader, timeout)
+                reply = await read_reply(reader, timeout)
                 data_replies.append(reply)
                 if reply == "EOF" or reply.startswith("421"):
                     break  # the server is gone: Postfix defers whatever was not answered
         else:
             writer.write(b"QUIT\r\n")
-        final = await _read_reply(reader, timeout)
+        final = await read_reply(reader, timeout)
         return SessionResult(rcpt_replies, data_replies, final, lhlo)
     finally:
         writer.close()

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import FilterProcess, filter_config, new_workdir
 from tests.harness.daemons import Dovecot, free_port
-from tests.lmtp_tools import FakeDownstream, lmtp_session, make_config, running_filter
+from tests.lmtp_tools import FakeDownstream, lmtp_session, make_config, read_reply, running_filter
 
 pytestmark = pytest.mark.integration
 
@@ -67,15 +67,7 @@ async def _connect(proc: FilterProcess) -> Stream:
 
 async def _reply(reader: asyncio.StreamReader, timeout: float = HANG_GUARD) -> str:
     """One reply, multi-line joined by newlines; "EOF" if the server closed instead."""
-    lines: list[str] = []
-    while True:
-        try:
-            line = (await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)).decode()
-        except asyncio.IncompleteReadError:
-            return "EOF"
-        lines.append(line.rstrip("\r\n"))
-        if line[3:4] != "-":
-            return "\n".join(lines)
+    return await read_reply(reader, timeout)
 
 
 async def _command(stream: Stream, line: str) -> str:
