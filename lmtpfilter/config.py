@@ -156,6 +156,12 @@ class SpamassassinConfig:
     user: str = option(
         "", parse_user_name,
         'Sent as spamd\'s "User:" (as `spamc -u`): whose preferences apply; "" sends none.')
+    max_connections: int = option(
+        5, int_in_range(1, 1000),
+        "spamd requests one filter process has open at once; more wait their turn inside "
+        "`timeout`. Keep workers x this <= spamd's --max-children (Debian: 5): a request "
+        "queued inside spamd past our timeout is still scanned, for nobody, and under load "
+        "that wasted work never lets spamd catch up.")
 
 
 _DESTINIES = ("pass", "discard", "reject")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -147,3 +147,42 @@ async def test_the_filter_stage_passes_the_envelope_sender(fake: FakeDownstream)
         await lmtp_session(address, "", ["a@example.org"], MESSAGE)
     assert [s.removeprefix("<").removesuffix(">") for s in spam.senders] == [
         "s@example.net", ""]
+
+
+async def test_requests_past_max_connections_wait_and_a_timed_out_one_never_reaches_spamd(
+        ) -> None:
+    """spamd scans a request queued in its listen backlog even after we gave up on it; so
+    the filter keeps at most max_connections open, and one that waited past the timeout is
+    never sent (found by bench/soak.py: spamd stopped for a while never caught up)."""
+    connected = 0
+    release = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connected
+        connected += 1
+        await reader.read()
+        await release.wait()
+        writer.write(REPLY)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        spamd = SpamdScanner(from_mapping({"spamassassin": {
+            "address": f"127.0.0.1:{port}", "max_connections": 1,
+            "timeout": "5s"}}).spamassassin)
+        first = asyncio.create_task(spamd.check(MESSAGE, "s@example.net"))
+        await asyncio.sleep(0.1)
+        spamd.config = replace(spamd.config, timeout=0.3)
+        waiting = await asyncio.gather(*(spamd.check(MESSAGE, f"{n}@example.net")
+                                         for n in range(2)))
+        assert [r.status for r in waiting] == [Status.ERROR, Status.ERROR]
+        assert all("timed out" in r.error for r in waiting)
+        assert connected == 1  # they waited for the slot, never for spamd
+        release.set()
+        assert (await first).status is Status.SCORED
+        again = await asyncio.gather(*(spamd.check(MESSAGE, f"{n}@example.net")
+                                       for n in range(2)))
+        assert [r.status for r in again] == [Status.SCORED, Status.SCORED]
+        assert connected == 3
