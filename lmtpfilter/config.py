@@ -158,10 +158,11 @@ class SpamassassinConfig:
         'Sent as spamd\'s "User:" (as `spamc -u`): whose preferences apply; "" sends none.')
     max_connections: int = option(
         5, int_in_range(1, 1000),
-        "spamd requests one filter process has open at once; more wait their turn inside "
-        "`timeout`. Keep workers x this <= spamd's --max-children (Debian: 5): a request "
-        "queued inside spamd past our timeout is still scanned, for nobody, and under load "
-        "that wasted work never lets spamd catch up.")
+        "spamd requests one filter process has open at once. Others wait for a free one up "
+        "to `timeout` (then 451), and spamd's answer gets `timeout` after that. Keep workers "
+        "x this <= spamd's --max-children (Debian: 5): spamd scans a request queued in its "
+        "backlog even after we gave up on it, and under load that wasted work never lets it "
+        "catch up.")
 
 
 _DESTINIES = ("pass", "discard", "reject")

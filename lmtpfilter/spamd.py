@@ -104,7 +104,6 @@ def parse_report(report: str) -> tuple[tuple[str, float], ...]:
 class SpamdScanner:
     def __init__(self, config: SpamassassinConfig) -> None:
         self.config = config
-        # Made on first use, in the running loop (a worker process has its own).
         self._slots: asyncio.Semaphore | None = None
 
     async def check(self, data: bytes, envelope_sender: str) -> SpamResult:
@@ -116,19 +115,28 @@ class SpamdScanner:
         # The envelope goes as one more small chunk in front: the message is never copied.
         envelope = envelope_fields(envelope_sender, line_ending(data))
         head = request_head(len(envelope) + len(data), self.config.user)
-        result = await guarded(self._limited(self.config.address, [head + envelope, data]),
-                               self.config.timeout, f"spamd at {self.config.address}",
-                               lambda why: SpamResult(Status.ERROR, error=why))
+        # At most max_connections requests are at spamd at once. Waiting for a free one is
+        # bounded by the timeout, and spamd's answer then gets the whole timeout: a request
+        # that reached spamd is worth its answer (spamd would scan it anyway), and one that
+        # waited too long never reaches spamd. Under overload spamd does only useful work.
+        if self._slots is None:  # made in the running loop: each worker process has its own
+            self._slots = asyncio.Semaphore(self.config.max_connections)
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            return SpamResult(Status.ERROR, error=(
+                f"spamd busy: no free connection in {self.config.timeout:g}s "
+                f"(max_connections = {self.config.max_connections})"),
+                seconds=time.monotonic() - started)
+        try:
+            result = await guarded(self._request(self.config.address, [head + envelope, data]),
+                                   self.config.timeout, f"spamd at {self.config.address}",
+                                   lambda why: SpamResult(Status.ERROR, error=why))
+        finally:
+            self._slots.release()
         return SpamResult(result.status, result.score, result.required, result.rules,
                           result.error, time.monotonic() - started)
-
-    async def _limited(self, address: Address, request: Sequence[bytes]) -> SpamResult:
-        """The request, once one of max_connections slots is free: the wait counts in the
-        timeout, so a request that waited too long never reaches spamd."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.config.max_connections)
-        async with self._slots:
-            return await self._request(address, request)
 
     @staticmethod
     async def _request(address: Address, request: Sequence[bytes]) -> SpamResult:
