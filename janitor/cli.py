@@ -17,7 +17,7 @@ from types import FrameType
 from lmtpfilter import config as cfg
 from lmtpfilter.options import mask_credentials
 from lmtpfilter.privileges import COMMAND_UMASK, PrivilegeError, become_service_user
-from lmtpfilter.quarantine import QuarantineBusy, QuarantineLock
+from lmtpfilter.quarantine import QuarantineBusy, open_quarantine
 
 from .sweep import Summary, Sweeper
 
@@ -52,7 +52,7 @@ def one_pass(config: cfg.Config, dry_run: bool = False) -> Summary | None:
     store = Store(config.database.url)
     try:
         store.check_schema()
-        with QuarantineLock(config.quarantine.directory, exclusive=True, timeout=0):
+        with open_quarantine(config.quarantine, store).lock(exclusive=True, timeout=0):
             return Sweeper(config, store, dry_run=dry_run).run()
     except QuarantineBusy as exc:
         log.warning("janitor: skipped: %s", exc)

@@ -5,12 +5,14 @@ directory is within ``[quarantine].max_size`` and the filesystem keeps ``min_fre
 rows expired; prune verdict rows older than ``verdict_retention`` in batches; report orphans
 both ways and fix them where that is safe.
 
-The files are lmtpfilter.quarantine's: its walk (one day directory at a time, in date order,
-so memory stays bounded and "oldest first" needs no listing of the whole tree; never through a
-symlink; temporary files left alone), its removal (only quarantine files, only inside the
-quarantine directory), its filesystem statistics and its lock, which the caller (janitor.cli)
-holds exclusive for the whole pass. This module decides what goes: by age, for the budget,
-and orphans.
+The stored messages are lmtpfilter.quarantine's QuarantineStore's, files or database rows
+([quarantine] store; this module never asks which): its walk (files: one day directory at a
+time, in date order, so memory stays bounded and "oldest first" needs no listing of the whole
+tree; never through a symlink; temporary files left alone; sql: the chunks' first rows, oldest
+first, a batch at a time), its removal (files: only quarantine files, only inside the
+quarantine directory), the path whose filesystem min_free is measured on, and its lock, which
+the caller (janitor.cli) holds exclusive for the whole pass. This module decides what goes: by
+age, for the budget, and orphans.
 
 A file is unlinked before its row is marked expired (the marks are batched), as
 ``quarantine delete`` does: a pass that dies in between leaves live rows without files, which
@@ -32,12 +34,13 @@ from sqlalchemy.orm import Session
 
 from lmtpfilter.config import Config
 from lmtpfilter.quarantine import (
+    DayListing,
     FoundFile,
     FsStats,
     InvalidQuarantineId,
-    QuarantineFiles,
     filesystem_stats,
     mark_expired,
+    open_quarantine,
 )
 from lmtpfilter.store import (
     MessageRecord,
@@ -90,8 +93,7 @@ class Sweeper:
                  now: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
-        self.quarantine = QuarantineFiles(config.quarantine)
-        self.root = config.quarantine.directory
+        self.quarantine = open_quarantine(config.quarantine, store)
         self.dry_run = dry_run
         self.fs_stats = fs_stats
         self.now = now
@@ -99,9 +101,8 @@ class Sweeper:
         self._expired_ids: list[str] = []
 
     # ---- the walk ------------------------------------------------------------------------
-    def files(self, day: Path) -> list[FoundFile]:
-        """One day's quarantine files, oldest first; counts what is left alone."""
-        listing = self.quarantine.scan_day(day)
+    def files(self, listing: DayListing) -> list[FoundFile]:
+        """One step's stored messages, oldest first; counts what is left alone."""
         self.summary.in_progress += listing.in_progress
         self.summary.foreign += listing.foreign
         return listing.files
@@ -115,6 +116,10 @@ class Sweeper:
         self.fix_rows_without_files()
         self.prune_verdicts()
         self.summary.seconds = time.monotonic() - started
+        try:  # what the storage holds, by its own measure (docs/design.md §6)
+            log.info("janitor: quarantine: %s", self.quarantine.describe())
+        except Exception as exc:
+            log.warning("janitor: could not measure the quarantine's storage: %s", exc)
         return self.summary
 
     def expire_by_age(self) -> int:
@@ -122,8 +127,8 @@ class Sweeper:
         that remain."""
         cutoff = self.now() - self.config.janitor.max_age
         remaining = 0
-        for day in self.quarantine.days():
-            day_files = self.files(day)
+        for listing in self.quarantine.listings():
+            day_files = self.files(listing)
             known = self._known_ids([f.qid for f in day_files])
             for f in day_files:
                 self.summary.scanned += 1
@@ -141,24 +146,25 @@ class Sweeper:
                         self.summary.orphan_files += 1
                     else:
                         remaining += f.size
-                    log.warning("janitor: %s has no database row", f.path)
+                    log.warning("janitor: %s has no database row", f.where)
                 else:
                     remaining += f.size
             if not self.dry_run:
-                self.quarantine.remove_day_if_empty(day)
+                self.quarantine.tidy(listing)
         return remaining
 
     def enforce_budget(self, total: int) -> None:
         """Oldest first, until within max_size and the filesystem keeps min_free."""
         q = self.config.quarantine
         freed = 0
-        if not self.root.is_dir():
-            return
+        floor_path = self.quarantine.space_path()
 
         def over() -> bool:
             if total - freed > q.max_size:
                 return True
-            stats = self.fs_stats(self.root)
+            if floor_path is None:
+                return False
+            stats = self.fs_stats(floor_path)
             # A dry run frees nothing, so count what it would have freed.
             free = stats.free + (freed if self.dry_run else 0)
             return free < stats.floor(q)
@@ -166,8 +172,8 @@ class Sweeper:
         if not over():
             return
         cutoff = self.now() - self.config.janitor.max_age
-        for day in self.quarantine.days():
-            for f in self.files(day):
+        for listing in self.quarantine.listings():
+            for f in self.files(listing):
                 if f.mtime < cutoff:
                     continue  # already counted by expire_by_age (dry run)
                 if not over():

@@ -19,7 +19,7 @@ from .lmtp_server import Capabilities
 from .notify import Notifications, Outbox
 from .pipeline import Pipeline, Stage, Summary, key_value_summary
 from .policy import PolicySource
-from .quarantine import QuarantineFiles
+from .quarantine import open_quarantine
 from .senderlists import SenderLists
 from .server import FilterServer
 from .spamd import SpamdScanner
@@ -66,7 +66,8 @@ def build(config: Config) -> Services:
     stages: list[Stage] = [
         filter_stage(config, DbPolicies(store, config.policy, config.database.policy_cache_ttl),
                      hostname, SenderLists.from_config(store, config)),
-        QuarantineStage(config, store, QuarantineFiles(config.quarantine), notifications),
+        QuarantineStage(config, store, open_quarantine(config.quarantine, store),
+                        notifications),
     ]
     pipeline = Pipeline(Downstream(config.downstream, hostname), hostname, stages,
                         Recorder(store, hostname), summary=summary(config))

@@ -283,13 +283,31 @@ class SendersConfig:
 @dataclass(frozen=True)
 class QuarantineConfig:
     SECTION: ClassVar[str] = "quarantine"
+    store: str = option(
+        "files", one_of("files", "sql"),
+        "Where the message bytes are kept: files (gzip files under directory) or sql (in the "
+        "[database], zlib-compressed in 1 MiB chunks, as amavisd-new's sql: quarantine; "
+        "SQLite for one host, PostgreSQL for several). The index rows are in the database "
+        "either way.")
     directory: Path = option(
-        "/var/lib/lmtpfilter/quarantine", parse_path, "Where quarantined messages are kept.")
+        "/var/lib/lmtpfilter/quarantine", parse_path,
+        "Where quarantined messages are kept (store = files); with store = sql, only the "
+        "lock file the janitor, release and delete share is kept here.")
     spam: bool = option(True, parse_bool, "Keep a copy of spam at kill level, delivered "
                         "(spam_destiny = pass) or not, as amavis's $spam_quarantine_to does.")
-    max_size: int = option("10G", parse_size, "Budget for the whole quarantine directory.")
+    max_size: int = option(
+        "10G", parse_size,
+        "Budget for the whole quarantine: the compressed bytes of the messages kept (store = "
+        "files: the files; store = sql: the chunks' bytes, which is what deleting a message "
+        "frees).")
     min_free: SizeOrPercent = option(
-        "5%", parse_size_or_percent, "Keep at least this much of the filesystem free.")
+        "5%", parse_size_or_percent,
+        "Keep at least this much of the filesystem free: the quarantine directory's (store = "
+        "files) or the SQLite database file's (store = sql on SQLite). On PostgreSQL the "
+        "server's disk cannot be seen from the filter, so neither a size nor a percentage "
+        "is applied: watch the server's disk; a write it refuses is a full quarantine "
+        "(on_full), and `lmtpfilter-janitor run` reports the database's size "
+        "(pg_database_size) and the chunks' (pg_total_relation_size).")
     on_full: str = option(
         "tempfail", one_of("tempfail", "discard-without-copy"),
         "Quarantine over budget: tempfail (451) or discard without a copy.")

@@ -1,4 +1,10 @@
-"""The quarantine, in one place: messages not delivered, kept as files, indexed in the database.
+"""The quarantine, in one place: messages not delivered, kept as files or in the database,
+indexed in the database.
+
+Where the bytes are is the QuarantineStore's ([quarantine] store, chosen once by
+open_quarantine): QuarantineFiles here (store = "files"), quarantine_sql.SqlQuarantine
+(store = "sql"). Callers (verdicts.QuarantineStage, release, the CLI, the web page, the
+janitor) use the interface only and never ask which one they have.
 
 It owns, and verdicts.QuarantineStage, release, the CLI and the janitor call rather than redo:
 - the ID (new_id, validate_id, ID_PATTERN): 22 random URL-safe characters, checked wherever
@@ -35,6 +41,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -104,18 +111,19 @@ class StoredFile:
 
 
 @dataclass(frozen=True)
-class FoundFile:  # met by the walk
+class FoundFile:  # met by the walk: a stored message, with or without its row
     qid: str
-    path: Path
-    size: int
-    mtime: float
+    where: str  # the file's path, or where in the database (for the log)
+    size: int  # bytes stored (compressed)
+    mtime: float  # when it was stored (seconds since the epoch)
 
 
 @dataclass(frozen=True)
-class DayListing:
+class DayListing:  # one step of the walk: a day directory, or a batch of database rows
     files: list[FoundFile]  # oldest first
     in_progress: int  # temporary files being written (left alone)
     foreign: int  # anything else, symlinks included (left alone)
+    day: Path | None = None  # the day directory (files), for tidy
 
 
 def _subdirs(path: Path, pattern: re.Pattern[str]) -> list[Path]:
@@ -223,6 +231,23 @@ def filesystem_stats(path: Path) -> FsStats:
     return FsStats(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
 
 
+def check_space(config: QuarantineConfig, session: Session, incoming: int,
+                floor_path: Path | None) -> None:
+    """Raise QuarantineFull if storing `incoming` more bytes would pass max_size (the live
+    rows' total) or leave less than min_free on the filesystem of `floor_path` (None: there
+    is no filesystem of ours to measure)."""
+    used = live_usage(session).size
+    if used + incoming > config.max_size:
+        raise QuarantineFull(f"quarantine holds {used} bytes, budget is {config.max_size}")
+    if floor_path is None:
+        return
+    stats = filesystem_stats(floor_path)
+    floor = stats.floor(config)
+    if stats.free - incoming < floor:
+        raise QuarantineFull(f"only {stats.free} bytes free on the quarantine filesystem, "
+                             f"the floor is {floor}")
+
+
 @dataclass(frozen=True)
 class Usage:
     files: int
@@ -252,6 +277,65 @@ def mark_expired(session: Session, ids: Sequence[str], when: dt.datetime | None 
     session.execute(update(QuarantineRecord)
                     .where(QuarantineRecord.id.in_(ids), QuarantineRecord.expired_at.is_(None))
                     .values(expired_at=when or utcnow()))
+
+
+# ---- the interface -------------------------------------------------------------------------
+
+READ_PIECE = 1 << 20  # what read_chunks returns at a time (of the uncompressed message)
+
+
+class QuarantineStore(Protocol):
+    """Where the quarantined bytes are (blocking I/O: the filter calls these from a thread).
+
+    write stores one message durably (QuarantineFull when the storage refuses for want of
+    space) and only then may the row be committed and a 250 given; remove is the caller's
+    under the lock (see delete_message), except the stage undoing a write whose row failed.
+    """
+
+    def write(self, qid: str, created: dt.datetime,
+              chunks: Sequence[bytes | memoryview]) -> StoredFile: ...
+
+    def read_chunks(self, record: QuarantineRecord) -> Iterator[bytes]:
+        """The message, a piece at a time; FileNotFoundError if it is gone."""
+        ...
+
+    def read(self, record: QuarantineRecord) -> bytes: ...
+
+    def remove(self, record: QuarantineRecord) -> bool: ...
+
+    def has_file(self, qid: str, rel: str) -> bool:
+        """Whether a row's message is stored."""
+        ...
+
+    def check_budget(self, session: Session, incoming: int) -> None: ...
+
+    def lock(self, *, exclusive: bool, timeout: float = 0.0) -> QuarantineLock: ...
+
+    # the janitor's walk: everything stored, oldest first, in steps of bounded size
+    def listings(self) -> Iterator[DayListing]: ...
+
+    def remove_found(self, found: FoundFile) -> bool: ...
+
+    def tidy(self, listing: DayListing) -> None:
+        """After a step of the walk (files: remove the day directory if it is empty)."""
+        ...
+
+    def space_path(self) -> Path | None:
+        """The path whose filesystem min_free is measured on; None: none to measure."""
+        ...
+
+    def describe(self) -> str:
+        """A line on where the quarantine is and how big its storage is, for the janitor."""
+        ...
+
+
+def open_quarantine(config: QuarantineConfig, store: Store) -> QuarantineStore:
+    """THE place the store kind is looked at."""
+    if config.store == "sql":
+        from .quarantine_sql import SqlQuarantine
+
+        return SqlQuarantine(config, store)
+    return QuarantineFiles(config)
 
 
 # ---- the files ----------------------------------------------------------------------------
@@ -340,6 +424,22 @@ class QuarantineFiles:
         with os.fdopen(fd, "rb") as f, gzip.GzipFile(fileobj=f) as gz:
             return gz.read()
 
+    def read_chunks(self, record: QuarantineRecord) -> Iterator[bytes]:
+        fd = os.open(self.path_of(record), os.O_RDONLY | os.O_NOFOLLOW)  # raises at the call
+        return self._pieces(fd)
+
+    @staticmethod
+    def _pieces(fd: int) -> Iterator[bytes]:
+        with os.fdopen(fd, "rb") as f, gzip.GzipFile(fileobj=f) as gz:
+            while piece := gz.read(READ_PIECE):
+                yield piece
+
+    def lock(self, *, exclusive: bool, timeout: float = 0.0) -> QuarantineLock:
+        return QuarantineLock(self.root, exclusive=exclusive, timeout=timeout)
+
+    def describe(self) -> str:
+        return f"files in {self.root}"
+
     def remove(self, record: QuarantineRecord) -> bool:
         """Unlink a record's file (False: it was already gone). The row is the caller's, and
         so is the lock: see delete_message."""
@@ -347,7 +447,7 @@ class QuarantineFiles:
 
     def remove_found(self, found: FoundFile) -> bool:
         """Unlink a file the walk found (the janitor holds the lock exclusive)."""
-        return self._unlink(found.path)
+        return self._unlink(Path(found.where))
 
     def _unlink(self, path: Path) -> bool:
         # The path was of the layout when it was read; a directory swapped for a symlink since
@@ -362,6 +462,14 @@ class QuarantineFiles:
             return False
 
     # ---- the walk (the janitor's) -------------------------------------------------------
+    def listings(self) -> Iterator[DayListing]:
+        for day in self.days():
+            yield self.scan_day(day)
+
+    def tidy(self, listing: DayListing) -> None:
+        if listing.day is not None:
+            self.remove_day_if_empty(listing.day)
+
     def days(self) -> Iterator[Path]:
         """The yyyy/mm/dd directories, oldest first, listed one level at a time so that
         memory stays bounded for any number of files; never through a symlink."""
@@ -387,10 +495,10 @@ class QuarantineFiles:
                     foreign += 1
                 else:
                     st = entry.stat(follow_symlinks=False)
-                    files.append(FoundFile(match.group(1), Path(entry.path), st.st_size,
+                    files.append(FoundFile(match.group(1), entry.path, st.st_size,
                                            st.st_mtime))
         files.sort(key=lambda f: (f.mtime, f.qid))
-        return DayListing(files, in_progress, foreign)
+        return DayListing(files, in_progress, foreign, day)
 
     def remove_day_if_empty(self, day: Path) -> None:
         """rmdir the day, then its month and year, as far as they are empty."""
@@ -404,16 +512,11 @@ class QuarantineFiles:
     def check_budget(self, session: Session, incoming: int) -> None:
         """Raise QuarantineFull if storing `incoming` more bytes would pass max_size or
         leave less than min_free on the filesystem."""
-        used = live_usage(session).size
-        if used + incoming > self.config.max_size:
-            raise QuarantineFull(f"quarantine holds {used} bytes, budget is "
-                                 f"{self.config.max_size}")
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        stats = filesystem_stats(self.root)
-        floor = stats.floor(self.config)
-        if stats.free - incoming < floor:
-            raise QuarantineFull(f"only {stats.free} bytes free on the quarantine filesystem, "
-                                 f"the floor is {floor}")
+        check_space(self.config, session, incoming, self.root)
+
+    def space_path(self) -> Path | None:
+        return self.root if self.root.is_dir() else None
 
 
 # ---- deleting a message -------------------------------------------------------------------
@@ -431,8 +534,8 @@ def delete_message(config: QuarantineConfig, store: Store, qid: str, *,
     `lock_timeout` seconds, then QuarantineBusy). Unlink before marking: see the module's
     docstring for why. Deleting again is harmless: it finds no file and an expired row."""
     validate_id(qid)  # before anything touches the filesystem
-    files = QuarantineFiles(config)
-    with QuarantineLock(config.directory, exclusive=False, timeout=lock_timeout):
-        removed = files.remove(store.transaction(lambda s: find(s, qid), durable=False))
+    quarantine = open_quarantine(config, store)
+    with quarantine.lock(exclusive=False, timeout=lock_timeout):
+        removed = quarantine.remove(store.transaction(lambda s: find(s, qid), durable=False))
         store.transaction(lambda s: mark_expired(s, [qid]))
     return Deleted(qid, removed)

@@ -21,9 +21,8 @@ from .quarantine import (
     LOCK_TIMEOUT,
     NotInQuarantine,
     QuarantineBusy,
-    QuarantineFiles,
-    QuarantineLock,
     find,
+    open_quarantine,
 )
 from .reply import Reply
 from .smtp_syntax import SyntaxProblem, parse_path
@@ -64,7 +63,7 @@ async def release(config: Config, store: Store, qid: str, to: Sequence[str] = ()
                   force: bool = False, by: str = "cli") -> Released:
     """Deliver the stored copy to `to` (default: its recipients) and record each reply.
     by: who asked, for the audit record ("cli", "web <address>", "link <address>")."""
-    files = QuarantineFiles(config.quarantine)
+    quarantine = open_quarantine(config.quarantine, store)
     record = await store.run(lambda s: load(s, qid))
     if record.expired_at is not None:
         raise ReleaseError(f"{qid} has expired; its file was removed")
@@ -74,15 +73,14 @@ async def release(config: Config, store: Store, qid: str, to: Sequence[str] = ()
     recipients = [checked_address(a) for a in to] or record.recipient_list
     # Shared lock: the janitor (exclusive) cannot expire the file while it is released.
     try:
-        async with QuarantineLock(config.quarantine.directory, exclusive=False,
-                                  timeout=LOCK_TIMEOUT):
-            try:
-                data = await asyncio.to_thread(files.read, record)
+        async with quarantine.lock(exclusive=False, timeout=LOCK_TIMEOUT):
+            try:  # in pieces: the message in memory once, however it is stored
+                data = await asyncio.to_thread(lambda: list(quarantine.read_chunks(record)))
             except FileNotFoundError:
                 raise ReleaseError(f"{qid}: the file is gone (expired by the janitor?)") from None
             downstream = Downstream(config.downstream, config.hostname)
             try:
-                replies = await downstream.deliver(Envelope(record.sender, recipients), [data])
+                replies = await downstream.deliver(Envelope(record.sender, recipients), data)
             finally:
                 await downstream.close()
     except QuarantineBusy as exc:  # only acquiring raises it

@@ -29,6 +29,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -145,6 +146,24 @@ class QuarantineRecord(Base):
     @property
     def recipient_list(self) -> list[str]:
         return [r for r in self.recipients.split("\n") if r]
+
+
+class QuarantineChunk(Base):
+    """[quarantine] store = "sql": a quarantined message's bytes, in pieces of CHUNK_SIZE
+    bytes of the message, each compressed on its own (zlib), so that neither writing nor
+    reading ever holds more than one piece compressed. As amavisd-new's SQL quarantine
+    (``$quarantine_method = 'sql:'``, table quarantine(partition_tag, mail_id, chunk_ind,
+    mail_text)). No foreign key to quarantine: the chunks are committed before the row
+    (lmtpfilter/quarantine_sql.py says why)."""
+
+    __tablename__ = "quarantine_chunks"
+    quarantine_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)  # zlib-compressed
+    stored_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+    # The janitor's walk: first chunks (seq 0), oldest first.
+    __table_args__ = (Index("ix_quarantine_chunks_walk", "seq", "stored_at", "quarantine_id"),)
 
 
 # The per-user form of each per_user [policy] key, as a column type (options.UserKind).

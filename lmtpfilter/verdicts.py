@@ -29,7 +29,7 @@ from .headers import number, quarantine_id
 from .notify import Notifications
 from .pipeline import Recipient, Transaction, received_header
 from .policy import Action, Category
-from .quarantine import QuarantineFiles, QuarantineFull, StoredFile, new_id
+from .quarantine import QuarantineFull, QuarantineStore, StoredFile, new_id
 from .reply import Reply
 from .scanresult import ScanResult, Status
 from .store import Base, QuarantineRecord, Store
@@ -65,7 +65,7 @@ _KEPT_ORDER = (Category.VIRUS, Category.BANNED, Category.SPAM, Category.BAD_HEAD
 
 
 class QuarantineStage:
-    def __init__(self, config: Config, store: Store, files: QuarantineFiles,
+    def __init__(self, config: Config, store: Store, files: QuarantineStore,
                  notifications: Notifications) -> None:
         self.config = config
         self.store = store

@@ -56,9 +56,10 @@ from ..quarantine import (
     InvalidQuarantineId,
     NotInQuarantine,
     QuarantineBusy,
-    QuarantineFiles,
+    QuarantineStore,
     delete_message,
     find,
+    open_quarantine,
     validate_id,
 )
 from ..queries import like_escape
@@ -150,7 +151,7 @@ class WebState:
     check: PasswordCheck
     limiter: RateLimiter
     templates: Jinja2Templates
-    files: QuarantineFiles
+    files: QuarantineStore
     wall_clock: Callable[[], float] = time.time
     # One release at a time per message in this process: a double click must not deliver
     # twice (release() refuses a second release of a row, but here a row is released per
@@ -179,7 +180,7 @@ def create_app(config: Config, store: Store, *, password_check: PasswordCheck | 
     state = WebState(config=config, store=store, links=links,
                      check=password_check or password_checker(web),
                      limiter=RateLimiter(web.login_attempts, web.login_window, clock),
-                     templates=_templates(), files=QuarantineFiles(config.quarantine),
+                     templates=_templates(), files=open_quarantine(config.quarantine, store),
                      wall_clock=wall_clock)
 
     def bound(handler: Callable[[WebState, Request], Awaitable[Response]]

@@ -1,10 +1,12 @@
 """Quarantine, release, notifications, per-user policy and the CLI, with the real filter
-process, real clamd and Dovecot, and an SMTP sink standing in for the notifications MTA."""
+process, real clamd and Dovecot, and an SMTP sink standing in for the notifications MTA.
+
+On each quarantine store (tests/integration/quarantine_stores.py): files, sql on SQLite, sql
+on PostgreSQL."""
 
 from __future__ import annotations
 
 import re
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -19,6 +21,8 @@ from tests.conftest import FilterProcess, filter_config, new_workdir
 from tests.harness.daemons import Dovecot, free_port
 from tests.harness.mailsink import MailSink
 from tests.harness.scanners import EICAR, Clamd
+from tests.integration.quarantine_stores import Backend, backend, stored_ids
+from tests.integration.quarantine_stores import db as db_of
 from tests.integration.test_scanning import message
 from tests.lmtp_tools import lmtp_session
 
@@ -32,8 +36,12 @@ def cli(proc: FilterProcess, *args: str) -> subprocess.CompletedProcess[str]:
                            str(proc.config_path)], capture_output=True, text=True, timeout=60)
 
 
+__all__ = ["backend"]  # the fixture: every test taking `proc` runs on each store
+
+
 def start(factory: type[FilterProcess], base: Path, dovecot: Dovecot, clamd: Clamd,
-          notify_port: int, quarantine: str = "", policy: str = "") -> FilterProcess:
+          notify_port: int, backend: Backend, quarantine: str = "", policy: str = ""
+          ) -> FilterProcess:
     listen = f"127.0.0.1:{free_port()}"
     text = filter_config(
         f"127.0.0.1:{dovecot.lmtp_port}", [listen],
@@ -44,7 +52,7 @@ def start(factory: type[FilterProcess], base: Path, dovecot: Dovecot, clamd: Cla
     text = text.replace('[database]', '[database]\npolicy_cache_ttl = "0s"')
     if quarantine:
         text = text.replace('[quarantine]', f"[quarantine]\n{quarantine}")
-    return factory(new_workdir(base, "q"), text, listen).start()
+    return factory(new_workdir(base, "q"), backend.config(text), listen).start()
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +64,12 @@ def sink() -> Iterator[MailSink]:
 
 @pytest.fixture(scope="module")
 def proc(filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot,
-         clamd: Clamd, sink: MailSink) -> FilterProcess:
-    return start(filter_process, daemon_base, dovecot, clamd, sink.port)
+         clamd: Clamd, sink: MailSink, backend: Backend) -> FilterProcess:
+    return start(filter_process, daemon_base, dovecot, clamd, sink.port, backend)
 
 
 def db(proc: FilterProcess, query: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(proc.workdir / "lmtpfilter.db") as conn:
-        return conn.execute(query).fetchall()
+    return db_of(proc.config_path, query)
 
 
 def quarantine_files(proc: FilterProcess) -> list[Path]:
@@ -70,7 +77,7 @@ def quarantine_files(proc: FilterProcess) -> list[Path]:
 
 
 async def test_virus_quarantined_once_notified_and_released(
-        proc: FilterProcess, dovecot: Dovecot, sink: MailSink) -> None:
+        proc: FilterProcess, dovecot: Dovecot, sink: MailSink, backend: Backend) -> None:
     before = {u: len(dovecot.messages(u)) for u in (U1, U2, U3)}
     sink_before = len(sink.messages)
     # The sender wrote verdict headers of its own: they must not come back on release.
@@ -82,9 +89,13 @@ async def test_virus_quarantined_once_notified_and_released(
     assert len(ids) == 1
     qid = ids.pop()
     validate_id(qid)
-    # One file for the message, private, and nothing delivered.
+    # One copy of the message (a private file, or chunks), and nothing delivered.
+    assert qid in stored_ids(proc.config_path)
     files = [f for f in quarantine_files(proc) if qid in f.name]
-    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    if backend.sql:
+        assert files == []
+    else:
+        assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
     assert {u: len(dovecot.messages(u)) for u in (U1, U2, U3)} == before
     # The records: one quarantine row, a message row, a row per recipient.
     assert db(proc, f"select reason, recipients from quarantine where id = '{qid}'") == [
@@ -192,23 +203,23 @@ def test_log_shows_the_verdicts(proc: FilterProcess) -> None:
 
 async def test_quarantine_over_budget_defers_and_loses_nothing(
         filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot,
-        clamd: Clamd, sink: MailSink) -> None:
-    small = start(filter_process, daemon_base, dovecot, clamd, sink.port,
+        clamd: Clamd, sink: MailSink, backend: Backend) -> None:
+    small = start(filter_process, daemon_base, dovecot, clamd, sink.port, backend,
                   quarantine='max_size = "200"')
     before = len(dovecot.messages(U1))
     result = await lmtp_session(small.listen, "s@example.net", [U1],
                                 message("too big to keep", attachment=("x.com", EICAR)))
     assert result.data_replies[0].startswith("451 4.3.1")
-    assert quarantine_files(small) == []
+    assert stored_ids(small.config_path) == set()
     assert len(dovecot.messages(U1)) == before
     assert db(small, "select count(*) from quarantine") == [(0,)]
 
 
 async def test_notifications_retried_until_the_mta_answers(
         filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot,
-        clamd: Clamd) -> None:
+        clamd: Clamd, backend: Backend) -> None:
     port = free_port()  # nothing listens here yet
-    proc = start(filter_process, daemon_base, dovecot, clamd, port)
+    proc = start(filter_process, daemon_base, dovecot, clamd, port, backend)
     result = await lmtp_session(proc.listen, "s@example.net", [U3],
                                 message("notify later", attachment=("x.com", EICAR)))
     assert result.data_replies[0].startswith("250 2.7.0")  # delivery is not held up
@@ -260,7 +271,7 @@ async def test_quarantining_while_the_janitor_runs(proc: FilterProcess) -> None:
     assert len(ids) == 20
     rows: dict[object, object] = {r[0]: r[1] for r in
                                   db(proc, "select id, expired_at from quarantine")}
-    on_disk = {f.name.split(".")[0] for f in quarantine_files(proc)}
+    on_disk = stored_ids(proc.config_path)
     assert ids <= set(rows)  # every acknowledged message has its row...
     assert all(rows[i] is None and i in on_disk for i in ids)  # ...and its file
     assert on_disk <= set(rows)  # and no file lacks a row

@@ -1,6 +1,7 @@
-"""`lmtpfilter quarantine delete` and the quarantine's one lock, on a real quarantine tree and
-a real (SQLite) store: delete takes the lock the janitor takes, removes the file, marks the row
-expired, and refuses anything that is not a quarantine ID or a quarantine path."""
+"""`lmtpfilter quarantine delete` and the quarantine's one lock, on a real quarantine and a real
+store, on each quarantine store (test_janitor's world; FILES_ONLY: what only files have): delete
+takes the lock the janitor takes, removes the stored copy, marks the row expired, and refuses
+anything that is not a quarantine ID or a quarantine path."""
 
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ from lmtpfilter import cli
 from lmtpfilter import quarantine as q
 from lmtpfilter import store as st
 from tests.integration import test_janitor
-from tests.integration.test_janitor import World, janitor
+from tests.integration.test_janitor import FILES_ONLY, Kept, World, janitor
 
 pytestmark = pytest.mark.integration
 
-world = test_janitor.world  # the janitor tests' fixture: a config, a quarantine, a SQLite store
+world = test_janitor.world  # the janitor tests' fixture: a config, a quarantine, a store
 
 
-def qid_of(path: Path) -> str:
+def qid_of(path: Kept) -> str:
     return path.name.split(".")[0]
 
 
@@ -50,7 +51,7 @@ def janitor_lock(world: World) -> q.QuarantineLock:
 
 
 def test_delete_removes_the_file_then_marks_the_row_and_may_be_repeated(world: World) -> None:
-    path, other = world.add(1), world.add(1)
+    path, other = world.keep(1), world.keep(1)
     proc = delete_cli(world, qid_of(path))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -73,7 +74,7 @@ def test_delete_of_an_unknown_id_is_one_line_exit_1(world: World) -> None:
 
 
 def test_delete_waits_for_a_janitor_pass_then_succeeds(world: World) -> None:
-    path = world.add(1)
+    path = world.keep(1)
     with janitor_lock(world):
         proc = delete_cli(world, qid_of(path))
         time.sleep(1.5)  # far longer than a delete takes when nothing holds the lock
@@ -85,7 +86,7 @@ def test_delete_waits_for_a_janitor_pass_then_succeeds(world: World) -> None:
 
 
 def test_delete_gives_up_after_its_timeout_and_changes_nothing(world: World) -> None:
-    path = world.add(1)
+    path = world.keep(1)
     with janitor_lock(world):
         started = time.monotonic()
         with pytest.raises(q.QuarantineBusy, match="the janitor is running"):
@@ -98,7 +99,7 @@ def test_delete_gives_up_after_its_timeout_and_changes_nothing(world: World) -> 
 def test_cli_delete_blocked_by_the_janitor_says_so_in_one_line(
         world: World, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    path = world.add(1)
+    path = world.keep(1)
     # The command waits up to a minute; the same function, with a shorter wait.
     monkeypatch.setattr(q, "delete_message",
                         functools.partial(q.delete_message, lock_timeout=0.3))
@@ -112,7 +113,7 @@ def test_cli_delete_blocked_by_the_janitor_says_so_in_one_line(
 
 def test_a_janitor_pass_is_skipped_while_a_release_or_delete_holds_the_lock(
         world: World) -> None:
-    old = world.add(40)
+    old = world.keep(40)
     with q.QuarantineLock(world.qdir, exclusive=False):
         result = janitor(world, "run")
     assert result.returncode == 0 and "skipped" in result.stderr
@@ -120,7 +121,7 @@ def test_a_janitor_pass_is_skipped_while_a_release_or_delete_holds_the_lock(
 
 
 def test_deletes_and_releases_share_the_lock(world: World) -> None:
-    path = world.add(1)
+    path = world.keep(1)
     with q.QuarantineLock(world.qdir, exclusive=False):  # a release in progress
         q.delete_message(world.config.quarantine, world.store, qid_of(path), lock_timeout=0)
     assert not path.exists() and world.expired(path)
@@ -137,6 +138,7 @@ def test_the_lock_waits_with_a_timeout(world: World) -> None:
     assert stat.S_IMODE(lock_file.stat().st_mode) == 0o600
 
 
+@FILES_ONLY
 def test_the_lock_file_is_never_a_symlink(world: World) -> None:
     world.qdir.mkdir(parents=True)
     target = world.base / "elsewhere"
@@ -179,6 +181,7 @@ def escape_by_symlinked_day(world: World, qid: str) -> tuple[str, Path]:
 Escape = Callable[[World, str], tuple[str, Path]]
 
 
+@FILES_ONLY
 @pytest.mark.parametrize(("escape", "refusal"), [
     (escape_by_dotdot, "unexpected path"),
     (escape_by_symlinked_day, "not inside the quarantine")])
@@ -194,6 +197,7 @@ def test_delete_never_removes_anything_outside_the_quarantine(
     assert expired_at(world, qid) is None
 
 
+@FILES_ONLY
 def test_the_janitor_counts_a_row_with_a_hostile_path_as_having_no_file(world: World) -> None:
     qid = q.new_id()
     rel, victim = escape_by_dotdot(world, qid)
@@ -204,6 +208,7 @@ def test_the_janitor_counts_a_row_with_a_hostile_path_as_having_no_file(world: W
     assert victim.read_bytes() == b"precious"
 
 
+@FILES_ONLY
 def test_written_files_and_every_directory_level_are_private(world: World) -> None:
     old_umask = os.umask(0o022)
     try:

@@ -19,7 +19,7 @@ import pytest
 
 from lmtpfilter import store as st
 from lmtpfilter.config import Config, from_mapping
-from lmtpfilter.quarantine import QuarantineFiles, new_id
+from lmtpfilter.quarantine import new_id, open_quarantine
 from lmtpfilter.web import access
 from lmtpfilter.web.app import create_app
 from lmtpfilter.web.links import ReleaseLinks
@@ -92,7 +92,7 @@ class Site:
             data: bytes | None = None, age: float = 0.0) -> str:
         qid = new_id()
         created = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age)
-        stored = QuarantineFiles(self.config.quarantine).write(
+        stored = open_quarantine(self.config.quarantine, self.store).write(
             qid, created, [data if data is not None else message(subject)])
         record = st.QuarantineRecord(
             id=qid, message_id=f"tx{qid[:10]}", path=stored.path, size=stored.size,
@@ -131,10 +131,10 @@ class Site:
                                  base_url="https://web.test" if https else "http://web.test")
 
 
-def make_config(tmp: Path, downstream: str, **web: Any) -> Config:
+def make_config(tmp: Path, downstream: str, store: str = "files", **web: Any) -> Config:
     return from_mapping({
         "database": {"url": f"sqlite:///{tmp}/db.sqlite"},
-        "quarantine": {"directory": str(tmp / "quarantine")},
+        "quarantine": {"directory": str(tmp / "quarantine"), "store": store},
         "downstream": {"address": downstream, "timeout": "5s"},
         "policy": {"recipient_delimiter": "+"},
         "sieve": {"method": "none"},  # the settings page's scripts: tests/integration
@@ -143,8 +143,9 @@ def make_config(tmp: Path, downstream: str, **web: Any) -> Config:
 
 
 @contextmanager
-def open_site(tmp: Path, downstream: FakeDownstream, **web: Any) -> Iterator[Site]:
-    config = make_config(tmp, downstream.address, **web)
+def open_site(tmp: Path, downstream: FakeDownstream, kept_in: str = "files", **web: Any
+              ) -> Iterator[Site]:
+    config = make_config(tmp, downstream.address, kept_in, **web)
     st.upgrade(config.database.url)
     store = st.Store(config.database.url)
     try:
@@ -153,9 +154,10 @@ def open_site(tmp: Path, downstream: FakeDownstream, **web: Any) -> Iterator[Sit
         store.close()
 
 
-@pytest.fixture
-def site(tmp_path: Path, fake: FakeDownstream) -> Iterator[Site]:
-    with open_site(tmp_path, fake) as opened:
+@pytest.fixture(params=["files", "sql"])  # [quarantine] store (sql: on SQLite here)
+def site(request: pytest.FixtureRequest, tmp_path: Path, fake: FakeDownstream
+         ) -> Iterator[Site]:
+    with open_site(tmp_path, fake, request.param) as opened:
         yield opened
 
 
@@ -306,7 +308,7 @@ async def test_delete_and_bulk(site: Site) -> None:
     other = site.add([ALICE], "other")
     shared = site.add([ALICE, BOB], "shared")
     bobs = site.add([BOB], "bobs")
-    files = QuarantineFiles(site.config.quarantine)
+    files = open_quarantine(site.config.quarantine, site.store)
     async with site.client() as alice:
         await log_in(alice, ALICE)
         page = await alice.get(f"/m/{own}")
@@ -350,7 +352,7 @@ async def test_the_preview_never_renders_html(site: Site) -> None:
 
 async def test_a_missing_file_is_a_page_not_an_error(site: Site) -> None:
     qid = site.add([ALICE], "lost")
-    QuarantineFiles(site.config.quarantine).path_of(site.record(qid)).unlink()
+    open_quarantine(site.config.quarantine, site.store).remove(site.record(qid))
     async with site.client() as alice:
         await log_in(alice, ALICE)
         page = await alice.get(f"/m/{qid}")
