@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def one_pass(config: cfg.Config, dry_run: bool = False) -> Summary | None:
     """A pass holding the quarantine lock exclusive; None if another run (or a release or a
-    delete) holds it: there is nothing to wait for, the next pass comes on schedule."""
+    delete) holds it: there is nothing to wait for, the next pass comes on schedule. With
+    the sql store on PostgreSQL the lock is the database's, so a pass on another host sharing
+    it counts: timers on every host fire, one sweeps, the others stand aside."""
     from lmtpfilter.store import Store
 
     store = Store(config.database.url)
@@ -55,7 +57,7 @@ def one_pass(config: cfg.Config, dry_run: bool = False) -> Summary | None:
         with open_quarantine(config.quarantine, store).lock(exclusive=True, timeout=0):
             return Sweeper(config, store, dry_run=dry_run).run()
     except QuarantineBusy as exc:
-        log.warning("janitor: skipped: %s", exc)
+        log.warning("janitor: stood aside, skipped this pass: %s", exc)
         return None
     finally:
         store.close()

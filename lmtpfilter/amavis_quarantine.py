@@ -14,7 +14,9 @@ run of known fields; the original message starts at the first other field. We do
 the envelope, the reason and the detail come from those fields, and what is stored is the
 message as amavis would release it, less the sender's own verdict headers (as our quarantine
 stage stores a copy, docs/design.md §4), with our ``X-Quarantine-ID:`` on top. The file's
-mtime is the quarantine time, and the stored file gets it too, so that the janitor ages it.
+mtime is the quarantine time, and the stored copy is written with it (a file's mtime, a
+chunk's stored_at: QuarantineStore.write's `created`), so that the janitor ages it from there,
+on either store.
 
 Each import's quarantine ID is derived from the source (its kind, mail_id and content), so a
 second import finds the row and adds nothing. The amavis mail_id is kept in the row's
@@ -48,9 +50,9 @@ from .quarantine import (
     LOCK_TIMEOUT,
     InvalidQuarantineId,
     QuarantineBusy,
-    QuarantineFiles,
     QuarantineFull,
-    QuarantineLock,
+    QuarantineStore,
+    open_quarantine,
 )
 from .store import QuarantineRecord, Store
 
@@ -289,7 +291,7 @@ def import_directory(config: Config, store: Store, source: Path,
     """Import every amavis quarantine file under `source` (see the module's docstring).
     Each file that is not imported is named to `skipped` (path, why); the import goes on."""
     check_readable(source)
-    files = QuarantineFiles(config.quarantine)
+    quarantine = open_quarantine(config.quarantine, store)
     summary = ImportSummary()
 
     def skip(path: Path, why: str, failed: bool = True) -> None:
@@ -313,7 +315,7 @@ def import_directory(config: Config, store: Store, source: Path,
             continue
         qid = derived_id(source_file.kind, source_file.mail_id, data)
         try:
-            new = _store(files, store, qid, parsed, mtime)
+            new = _store(quarantine, store, qid, parsed, mtime)
         except (QuarantineFull, QuarantineBusy) as exc:
             raise ImportStopped(f"import stopped at {source_file.path} ({summary.line()}): "
                                 f"{exc}") from None
@@ -324,19 +326,20 @@ def import_directory(config: Config, store: Store, source: Path,
     return summary
 
 
-def _store(files: QuarantineFiles, store: Store, qid: str, parsed: AmavisMessage,
+def _store(quarantine: QuarantineStore, store: Store, qid: str, parsed: AmavisMessage,
            mtime: float) -> bool:
-    """Write the file and commit its row (False: the row was already there). Under the
-    quarantine lock, held shared: a janitor pass would take a just-written file, backdated
-    and still without its row, for an old orphan."""
-    with QuarantineLock(files.root, exclusive=False, timeout=LOCK_TIMEOUT):
+    """Store the copy, dated as amavis's file (the janitor ages it from there), and commit its
+    row (False: the row was already there). Under the quarantine lock, held shared: a janitor
+    pass would take a just-written copy, backdated and still without its row, for an old
+    orphan."""
+    with quarantine.lock(exclusive=False, timeout=LOCK_TIMEOUT):
         if store.transaction(lambda s: s.get(QuarantineRecord, qid), durable=False):
             return False
         chunks = stored_copy(qid, parsed)
-        store.transaction(lambda s: files.check_budget(s, sum(len(c) for c in chunks)),
+        store.transaction(lambda s: quarantine.check_budget(s, sum(len(c) for c in chunks)),
                           durable=False)
         created = dt.datetime.fromtimestamp(mtime, dt.UTC)
-        stored = files.write(qid, created, chunks)
+        stored = quarantine.write(qid, created, chunks)
         record = QuarantineRecord(
             id=qid, message_id=MESSAGE_ID_PREFIX + parsed.mail_id, path=stored.path,
             size=stored.size, sha256=stored.sha256, reason=parsed.reason,
@@ -344,10 +347,9 @@ def _store(files: QuarantineFiles, store: Store, qid: str, parsed: AmavisMessage
             recipients="\n".join(parsed.recipients), subject=parsed.subject,
             created_at=created, released_to="", release_replies="")
         try:
-            os.utime(files.path_of(record), (mtime, mtime))  # the janitor ages files by mtime
             store.transaction(lambda s: s.add(record))
         except BaseException:
-            files.remove(record)  # no row, no file: nothing for the janitor to report
+            quarantine.remove(record)  # no row, no copy: nothing for the janitor to report
             raise
         return True
 

@@ -485,10 +485,6 @@ def _quarantine(config: cfg.Config, args: argparse.Namespace) -> int:
         if args.action == "import-amavis":
             from .amavis_quarantine import run_command
 
-            if config.quarantine.store != "files":  # it writes and backdates files
-                raise CliError("quarantine import-amavis: not yet with [quarantine] "
-                               "store = \"sql\"; import with store = \"files\"")
-
             return run_command(config, store, args.directory)
         from .amavis_quarantine import resolve_id  # an amavis mail_id, for imported ones
 
@@ -504,7 +500,10 @@ def _quarantine(config: cfg.Config, args: argparse.Namespace) -> int:
                   f"Created: {row.created_at:%Y-%m-%d %H:%M:%S %Z}\nSender: <{row.sender}>\n"
                   f"Recipients: {', '.join(row.recipient_list)}\nSize: {row.size} bytes "
                   f"(compressed)\nSHA-256: {row.sha256}\nTransaction: {row.message_id}\n"
-                  f"Released: {row.released_at or 'no'} {row.released_to}\n")
+                  f"Released: {row.released_at or 'no'} {row.released_to}\n"
+                  + (f"Released by: {row.released_by or '?'} on "
+                     f"{row.released_host or '(host not recorded)'}\n"
+                     if row.released_at else ""))
             if row.release_replies:
                 print("Release replies:\n  " + row.release_replies.replace("\n", "\n  ") + "\n")
             if row.expired_at:

@@ -250,21 +250,36 @@ class Outbox:
             return str(exc) or exc.__class__.__name__
 
 
+LEASE = dt.timedelta(minutes=10)  # a claimed row's next attempt: if its sender dies, retried then
+
+
 def _claim(session: Session) -> list[tuple[int, str, str, int]]:
-    """Take due rows, pushing their next attempt ahead so another instance skips them."""
+    """Take due rows, pushing their next attempt ahead (the lease) in the same transaction so
+    that another Outbox, in this process or on another host, does not send them too.
+
+    PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent claimers take disjoint rows
+    without waiting on each other. SQLite has no row locks (its write transactions, BEGIN
+    IMMEDIATE, are serialised anyway): a row is claimed by an update conditional on the due
+    date read, which a claimer that got there first has changed."""
     now = utcnow()
-    rows = session.execute(
-        select(Notification.id, Notification.to_address, Notification.message,
-               Notification.attempts, Notification.next_attempt_at)
-        .where(Notification.sent_at.is_(None), Notification.next_attempt_at <= now,
-               Notification.attempts < MAX_ATTEMPTS)
-        .order_by(Notification.next_attempt_at).limit(BATCH)).all()
+    due = (select(Notification.id, Notification.to_address, Notification.message,
+                  Notification.attempts, Notification.next_attempt_at)
+           .where(Notification.sent_at.is_(None), Notification.next_attempt_at <= now,
+                  Notification.attempts < MAX_ATTEMPTS)
+           .order_by(Notification.next_attempt_at).limit(BATCH))
+    if session.get_bind().dialect.name == "postgresql":
+        rows = session.execute(due.with_for_update(skip_locked=True)).all()
+        ids = [note_id for note_id, *_ in rows]
+        if ids:
+            session.execute(update(Notification).where(Notification.id.in_(ids))
+                            .values(next_attempt_at=now + LEASE))
+        return [(note_id, to, message, attempts) for note_id, to, message, attempts, _ in rows]
     claimed = []
-    for note_id, to, message, attempts, due in rows:
+    for note_id, to, message, attempts, when in session.execute(due).all():
         moved = session.execute(
             update(Notification).where(Notification.id == note_id,
-                                       Notification.next_attempt_at == due)
-            .values(next_attempt_at=now + dt.timedelta(minutes=10)))
+                                       Notification.next_attempt_at == when)
+            .values(next_attempt_at=now + LEASE))
         if moved.rowcount == 1:  # type: ignore[attr-defined]
             claimed.append((note_id, to, message, attempts))
     return claimed

@@ -14,8 +14,10 @@ It owns, and verdicts.QuarantineStage, release, the CLI and the janitor call rat
 - the files (QuarantineFiles): written under the temporary name, fsynced, renamed, directories
   fsynced, and only then the row committed and a recipient told 250; read and removed never
   through a symlink, never outside the directory, for no ID or row path off the layout;
-- THE lock (QuarantineLock): flock on ``<directory>/.janitor.lock``, exclusive for a janitor
-  pass, shared for a release or a delete, so the janitor removes no file under them;
+- THE lock (HeldLock): exclusive for a janitor pass, shared for a release or a delete, so the
+  janitor removes no file under them; flock on ``<directory>/.janitor.lock`` (QuarantineLock)
+  for files and SQLite, PostgreSQL's advisory lock for sql on PostgreSQL, which every host
+  sharing the database sees (quarantine_sql.AdvisoryLock);
 - the space: the budget check, the live rows' total, the filesystem statistics of min_free.
 
 Deleting (delete_message, and the janitor likewise) unlinks the file first and marks the row
@@ -41,7 +43,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -148,9 +150,11 @@ class QuarantineBusy(Exception):
     """The lock was not to be had (in time)."""
 
 
-class QuarantineLock:
-    """THE quarantine lock: ``flock`` on ``<directory>/.janitor.lock``, exclusive for a janitor
-    pass, shared for a release or a delete.
+class HeldLock:
+    """What QuarantineStore.lock returns: THE quarantine lock, exclusive for a janitor pass,
+    shared for a release or a delete. Files and SQLite hold it as a file lock
+    (QuarantineLock), PostgreSQL as an advisory lock (quarantine_sql.AdvisoryLock), so that
+    the hosts sharing one database share it; callers never ask which.
 
     timeout: 0 fails at once when the lock is taken (a second janitor pass has nothing to do),
     more waits that many seconds (a release waits for a running pass), then QuarantineBusy.
@@ -159,13 +163,44 @@ class QuarantineLock:
 
     POLL = 0.1
 
-    def __init__(self, directory: Path, *, exclusive: bool, timeout: float = 0.0) -> None:
-        self.directory = directory
+    def __init__(self, *, exclusive: bool, timeout: float = 0.0) -> None:
         self.exclusive = exclusive
         self.timeout = timeout
+
+    def acquire(self) -> Self:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    async def __aenter__(self) -> Self:
+        return await asyncio.to_thread(self.acquire)  # waiting must not block the event loop
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def busy(self) -> QuarantineBusy:
+        return QuarantineBusy(
+            "another janitor pass, a release or a delete holds the quarantine lock"
+            if self.exclusive else "the janitor is running (it holds the "
+            "quarantine lock); try again in a moment")
+
+
+class QuarantineLock(HeldLock):
+    """``flock`` on ``<directory>/.janitor.lock``: one host's lock (files, SQLite)."""
+
+    def __init__(self, directory: Path, *, exclusive: bool, timeout: float = 0.0) -> None:
+        super().__init__(exclusive=exclusive, timeout=timeout)
+        self.directory = directory
         self._fd: int | None = None
 
-    def acquire(self) -> QuarantineLock:
+    def acquire(self) -> Self:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
@@ -181,18 +216,6 @@ class QuarantineLock:
             os.close(self._fd)  # closing the file drops the flock
             self._fd = None
 
-    def __enter__(self) -> QuarantineLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    async def __aenter__(self) -> QuarantineLock:
-        return await asyncio.to_thread(self.acquire)  # waiting must not block the event loop
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
-
     def _wait(self, fd: int) -> None:
         mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
         deadline = time.monotonic() + self.timeout
@@ -203,10 +226,7 @@ class QuarantineLock:
             except BlockingIOError:  # EWOULDBLOCK: someone else holds it
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise QuarantineBusy(
-                        "another janitor pass, a release or a delete holds the quarantine lock"
-                        if self.exclusive else "the janitor is running (it holds the "
-                        "quarantine lock); try again in a moment") from None
+                    raise self.busy() from None
                 time.sleep(min(self.POLL, left))
 
 
@@ -309,7 +329,7 @@ class QuarantineStore(Protocol):
 
     def check_budget(self, session: Session, incoming: int) -> None: ...
 
-    def lock(self, *, exclusive: bool, timeout: float = 0.0) -> QuarantineLock: ...
+    def lock(self, *, exclusive: bool, timeout: float = 0.0) -> HeldLock: ...
 
     # the janitor's walk: everything stored, oldest first, in steps of bounded size
     def listings(self) -> Iterator[DayListing]: ...
@@ -350,9 +370,10 @@ class QuarantineFiles:
 
     def write(self, qid: str, created: dt.datetime,
               chunks: Sequence[bytes | memoryview]) -> StoredFile:
-        """Store one message durably. A filesystem that refuses for want of space (ENOSPC:
-        no block or no inode left; EDQUOT) is a full quarantine, whatever check_budget saw a
-        moment before: QuarantineFull, so that on_full decides (451 4.3.1 by default)."""
+        """Store one message durably, dated `created` (its mtime). A filesystem that refuses
+        for want of space (ENOSPC: no block or no inode left; EDQUOT) is a full quarantine,
+        whatever check_budget saw a moment before: QuarantineFull, so that on_full decides
+        (451 4.3.1 by default)."""
         try:
             return self._write(qid, created, chunks)
         except OSError as exc:
@@ -378,6 +399,11 @@ class QuarantineFiles:
                     gz.write(chunk)
                 gz.close()
                 raw.flush()
+                # The janitor ages a file by its mtime: `created`, which is now for the
+                # filter, and the original date for an import (amavis_quarantine), set before
+                # the fsync so that it is as durable as the bytes.
+                when = created.timestamp()
+                os.utime(raw.fileno(), (when, when))
                 os.fsync(raw.fileno())
             os.rename(temp, final)
             # The new name, and the entry of each directory on its way, must survive a power

@@ -19,6 +19,10 @@ the database's own size (pg_total_relation_size, SQLite's page_count * page_size
 neither shrinks on DELETE (PostgreSQL reuses the space after VACUUM, SQLite keeps free pages).
 min_free is applied to the filesystem of the SQLite file (a percentage of it, or a size); on
 PostgreSQL the server's disk is not ours to see and min_free is not applied (docs/design.md §6).
+The lock (quarantine.HeldLock): on PostgreSQL, the advisory lock ADVISORY_LOCK_KEY
+(AdvisoryLock), which every host sharing the database sees: timers on all of them may fire
+and one janitor pass runs; on SQLite (one host), the lock file in [quarantine] directory.
+
 A database that refuses a write for want of space (SQLITE_FULL; PostgreSQL's disk_full,
 SQLSTATE 53100) is a full quarantine: QuarantineFull, and on_full decides.
 """
@@ -27,20 +31,27 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
+import socket
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Self
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import and_, create_engine, delete, exists, func, insert, or_, select, text
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from .config import QuarantineConfig
 from .quarantine import (
     DayListing,
     FoundFile,
+    HeldLock,
+    QuarantineBusy,
     QuarantineFull,
     QuarantineLock,
     StoredFile,
@@ -56,6 +67,9 @@ CHUNKS = Base.metadata.tables[QuarantineChunk.__tablename__]
 SQLITE_FULL = 13  # the primary result code; extended codes keep it in the low byte
 PG_DISK_FULL = "53100"
 STORED_IN_DATABASE = ""  # the quarantine row's path: no file
+# THE quarantine lock's key among PostgreSQL's advisory locks (one 64-bit space per database):
+# "lmtpquar" in ASCII. A site whose other software takes advisory locks must keep off it.
+ADVISORY_LOCK_KEY = 0x6C6D747071756172
 
 
 def pieces(chunks: Sequence[bytes | memoryview], size: int = CHUNK_SIZE
@@ -179,10 +193,12 @@ class SqlQuarantine:
     def space_path(self) -> Path | None:
         return self.sqlite_file.parent if self.sqlite_file is not None else None
 
-    def lock(self, *, exclusive: bool, timeout: float = 0.0) -> QuarantineLock:
-        # The lock file in [quarantine] directory, as for files: one host. Several hosts on
-        # one PostgreSQL need the database's own lock (issue 18, item 2).
-        return QuarantineLock(self.config.directory, exclusive=exclusive, timeout=timeout)
+    def lock(self, *, exclusive: bool, timeout: float = 0.0) -> HeldLock:
+        if self.sqlite:  # one host: the lock file in [quarantine] directory, as for files
+            return QuarantineLock(self.config.directory, exclusive=exclusive, timeout=timeout)
+        # PostgreSQL: the lock every host sharing the database sees (several filter hosts,
+        # one janitor pass for all of them).
+        return AdvisoryLock(self.store.url, exclusive=exclusive, timeout=timeout)
 
     def describe(self) -> str:
         stored = self.store.transaction(lambda s: s.scalar(
@@ -218,6 +234,90 @@ class SqlQuarantine:
 
     def tidy(self, listing: DayListing) -> None:
         pass  # nothing to tidy: no directories
+
+
+class AdvisoryLock(HeldLock):
+    """THE quarantine lock on PostgreSQL: the session-level advisory lock ADVISORY_LOCK_KEY,
+    exclusive (pg_try_advisory_lock) for a janitor pass, shared (pg_try_advisory_lock_shared)
+    for a release or a delete, held on a connection of its own for as long as this is held.
+
+    The connection is not the Store's pool's: a pooled connection handed back would keep the
+    lock, and one lost (the process killed, the network gone) must drop it. Closing it drops
+    the lock whatever happened to the unlock, as closing the lock file drops a flock.
+    Waiting polls the try variant rather than blocking in pg_advisory_lock, so that the
+    timeout is ours and the connection never sits in a lock wait the server does not time.
+    """
+
+    def __init__(self, url: str, *, exclusive: bool, timeout: float = 0.0) -> None:
+        super().__init__(exclusive=exclusive, timeout=timeout)
+        self.url = url
+        self._engine: Engine | None = None
+        self._conn: Connection | None = None
+
+    def acquire(self) -> Self:
+        role = "janitor" if self.exclusive else "release/delete"
+        # application_name: who holds it, for the one who stands aside (and for pg_locks).
+        engine = create_engine(self.url, poolclass=NullPool, isolation_level="AUTOCOMMIT",
+                               connect_args={"application_name": f"lmtpfilter {role} "
+                                             f"{socket.gethostname()} {os.getpid()}"[:63]})
+        try:
+            conn = engine.connect()
+            try:
+                self._wait(conn)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            engine.dispose()
+            raise
+        self._engine, self._conn = engine, conn
+        return self
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()  # the session ends: its advisory locks go with it
+            finally:
+                self._conn = None
+                if self._engine is not None:
+                    self._engine.dispose()
+                    self._engine = None
+
+    def _wait(self, conn: Connection) -> None:
+        take = text("SELECT pg_try_advisory_lock(:key)" if self.exclusive
+                    else "SELECT pg_try_advisory_lock_shared(:key)")
+        deadline = time.monotonic() + self.timeout
+        while not conn.execute(take, {"key": ADVISORY_LOCK_KEY}).scalar_one():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self.busy_with(holders(conn))
+            time.sleep(min(self.POLL, left))
+
+    def busy_with(self, who: list[str]) -> QuarantineBusy:
+        held_by = f" (held by {'; '.join(who)})" if who else ""
+        if self.exclusive:
+            return QuarantineBusy(
+                "another janitor pass (on this host or another sharing the "
+                "database), a release or a delete holds the quarantine lock (PostgreSQL "
+                f"advisory lock {ADVISORY_LOCK_KEY}){held_by}")
+        return QuarantineBusy("the janitor is running (it holds the quarantine lock, "
+                              f"PostgreSQL advisory lock {ADVISORY_LOCK_KEY}){held_by}; "
+                              "try again in a moment")
+
+
+def holders(conn: Connection) -> list[str]:
+    """Who holds the quarantine's advisory lock, as their application_name says ("another
+    session" where the server does not show another role's sessions to this one)."""
+    rows = conn.execute(text(
+        "SELECT a.application_name, l.mode FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND l.classid = CAST(CAST(:high AS bigint) AS oid) "
+        "AND l.objid = CAST(CAST(:low AS bigint) AS oid) AND l.objsubid = 1"),
+        {"high": ADVISORY_LOCK_KEY >> 32, "low": ADVISORY_LOCK_KEY & 0xFFFFFFFF}).all()
+    return [f"{name or 'another session'}, {'exclusive' if mode == 'ExclusiveLock' else 'shared'}"
+            for name, mode in rows]
 
 
 # ---- the queries, each one transaction --------------------------------------------------------

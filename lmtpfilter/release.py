@@ -62,7 +62,9 @@ def load(session: Session, qid: str, lock: bool = False) -> QuarantineRecord:
 async def release(config: Config, store: Store, qid: str, to: Sequence[str] = (),
                   force: bool = False, by: str = "cli") -> Released:
     """Deliver the stored copy to `to` (default: its recipients) and record each reply.
-    by: who asked, for the audit record ("cli", "web <address>", "link <address>")."""
+    by: who asked, for the audit record ("cli", "web <address>", "link <address>"); the
+    row's released_host records where ([server] hostname): with several filter hosts on one
+    PostgreSQL, any of them releases what another quarantined."""
     quarantine = open_quarantine(config.quarantine, store)
     record = await store.run(lambda s: load(s, qid))
     if record.expired_at is not None:
@@ -98,6 +100,7 @@ async def release(config: Config, store: Store, qid: str, to: Sequence[str] = ()
             row.released_at = now
             row.released_to = ", ".join(delivered)
             row.released_by = by
+            row.released_host = config.hostname
         return row
 
     return Released(await store.run(save), results)

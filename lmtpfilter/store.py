@@ -140,6 +140,9 @@ class QuarantineRecord(Base):
     # Who released it last: "cli" (`quarantine release`), "web <address>" (the page, by
     # the user logged in) or "link <address>" (a notification's release link).
     released_by: Mapped[str] = mapped_column(String(600), default="", server_default="")
+    # The host that released it last ([server] hostname of the process that did): with several
+    # filter hosts sharing one PostgreSQL, any may release what another quarantined.
+    released_host: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
     __table_args__ = (Index("ix_quarantine_live", "expired_at", "created_at"),)
 

@@ -4,7 +4,7 @@ Debian's amavisd-new, with Debian's conf.d as shipped plus checks on and discard
 gets an EICAR and a GTUBE message over LMTP and keeps them in its file quarantine (hashed
 layout, spam gzipped). The import lists both with their envelopes, a release delivers the
 original message to Dovecot, a second import adds nothing, and the janitor expires an
-imported message by the age amavis gave its file.
+imported message by the age amavis gave its file; on the sql store (PostgreSQL) as well.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 from tests.conftest import filter_config, new_workdir
 from tests.harness.amavisd import ENABLE_CHECKS, Amavisd, debian_conf_files, start_amavisd
 from tests.harness.daemons import Dovecot, lmtp_deliver
+from tests.harness.postgres import Postgres
 from tests.harness.scanners import EICAR, GTUBE, Clamd, Spamd
 
 pytestmark = pytest.mark.integration
@@ -213,3 +214,39 @@ def test_root_runs_it_as_the_service_user_who_needs_group_amavis(
     assert re.fullmatch(r"imported [1-9][0-9]*, already there 0, skipped 0\n", done.stdout)
     stored = list((state / "quarantine").rglob("*.eml.gz"))
     assert stored and all(p.stat().st_uid == service_user.pw_uid for p in stored)
+
+
+def test_import_into_the_sql_store_on_postgresql(
+        amavisd: Amavisd, daemon_base: Path, dovecot: Dovecot, postgres: Postgres) -> None:
+    """store = "sql": the copies go into the database dated as amavis's files, so the
+    janitor expires an old one at its next pass and keeps the others."""
+    # A sender of its own: quarantine() finds amavis's file by the envelope in its log.
+    _, old_file = quarantine(amavisd, "sql-spam-sender@example.net", U3, "old spam for sql",
+                             GTUBE + b"\r\n")
+    old = time.time() - (MAX_AGE_DAYS + 10) * 86400
+    os.utime(old_file, (old, old))
+    sources = amavis_files(amavisd)
+    too_old = sum(p.stat().st_mtime < time.time() - MAX_AGE_DAYS * 86400 for p in sources)
+    workdir = new_workdir(daemon_base, "amavis-sql")
+    config = workdir / "lmtpfilter.toml"
+    text = filter_config(f"127.0.0.1:{dovecot.lmtp_port}", [f"unix:{workdir}/lmtp.sock"],
+                         janitor=f'max_age = "{MAX_AGE_DAYS}d"')
+    text = text.replace("[quarantine]\n", '[quarantine]\nstore = "sql"\n', 1)
+    config.write_text(re.sub(r'url = "sqlite:///[^"]*"',
+                             f'url = "{postgres.create_database("amavis_sql")}"', text))
+    assert cli(config, "db", "upgrade").returncode == 0
+
+    imported = cli(config, "quarantine", "import-amavis", str(amavisd.quarantine_dir))
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout == f"imported {len(sources)}, already there 0, skipped 0\n"
+    old_id = next(qid for qid, line in listed(config).items() if "'old spam for sql'" in line)
+    shown = cli(config, "quarantine", "show", old_file.name)  # read back from the chunks
+    assert shown.returncode == 0 and f"X-Quarantine-ID: <{old_id}>" in shown.stdout
+    assert not list((workdir / "quarantine").rglob("*.eml.gz"))
+
+    janitor = subprocess.run([sys.executable, "-m", "janitor", "run", "-c", str(config)],
+                             capture_output=True, text=True, timeout=120)
+    assert janitor.returncode == 0, janitor.stderr
+    states = {qid: line.split()[4] for qid, line in listed(config).items()}
+    assert states[old_id] == "expired"
+    assert sorted(states.values()) == ["expired"] * too_old + ["held"] * (len(sources) - too_old)

@@ -26,7 +26,6 @@ from lmtpfilter import config as cfg
 from lmtpfilter import store as st
 from lmtpfilter.quarantine import (
     FsStats,
-    QuarantineLock,
     QuarantineStore,
     new_id,
     open_quarantine,
@@ -292,7 +291,7 @@ def test_run_prints_one_summary_line(world: World) -> None:
 
 def test_two_runs_never_overlap(world: World) -> None:
     old = world.keep(40)
-    with QuarantineLock(world.qdir, exclusive=True):
+    with open_quarantine(world.config.quarantine, world.store).lock(exclusive=True):
         result = janitor(world, "run")
     assert result.returncode == 0 and "skipped" in result.stderr
     assert old.exists()

@@ -25,7 +25,7 @@ from lmtpfilter import store as st
 from lmtpfilter.cli import main
 from lmtpfilter.config import Config, from_mapping
 from lmtpfilter.message import Message
-from lmtpfilter.quarantine import QuarantineFiles, validate_id
+from lmtpfilter.quarantine import QuarantineFiles, open_quarantine, validate_id
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "amavis_quarantine"
 CASES: list[dict[str, Any]] = tomllib.loads((DATA / "cases.toml").read_text())["case"]
@@ -118,6 +118,31 @@ def test_case_parsed_and_stored(world: World, case: dict[str, Any], layout: str)
     assert stored[len(top):] == expected + bytes(kept.body)
     amavis_fields = ("x-envelope-", "x-amavis-", "delivered-to", "return-path")
     assert not [f.key for f in Message.parse(stored).fields if f.key.startswith(amavis_fields)]
+
+
+def test_imported_into_the_sql_store_with_amavis_dates(world: World) -> None:
+    """store = "sql": the copies are chunks dated as amavis's files (the janitor's walk sees
+    that date), read back whole; a second import adds nothing."""
+    world.config = from_mapping({"database": {"url": world.store.url},
+                                 "quarantine": {"directory": str(world.source.parent / "q"),
+                                                "store": "sql"}})
+    dates = {}
+    for i, case in enumerate(CASES):
+        mtime = 1_700_000_000.0 + i * 86400
+        laid_out(world.source, case["file"], (DATA / case["file"]).read_bytes(), "flat", mtime)
+        dates[aq.MESSAGE_ID_PREFIX + case["file"].split("-", 1)[1]] = mtime
+    summary, skipped = world.run()
+    assert (summary.imported, summary.skipped, skipped) == (len(CASES), 0, [])
+    rows = world.rows()
+    assert {key: row.created_at.timestamp() for key, row in rows.items()} == dates
+    quarantine = open_quarantine(world.config.quarantine, world.store)
+    walked = {f.qid: f.mtime for listing in quarantine.listings() for f in listing.files}
+    assert walked == {row.id: dates[key] for key, row in rows.items()}
+    for row in rows.values():
+        assert row.path == "" and hashlib.sha256(quarantine.read(row)).hexdigest() == row.sha256
+    assert not list((world.source.parent / "q").rglob("*.eml.gz"))  # no files
+    again, _ = world.run()
+    assert (again.imported, again.already) == (0, len(CASES))
 
 
 def test_import_twice_adds_nothing_and_source_is_untouched(world: World) -> None:
