@@ -169,7 +169,10 @@ def render(p: Planned, rng: random.Random) -> bytes:
     if p.kind == "spam":
         text = GTUBE.decode() + "\r\n" + text
     if p.kind in ("virus", "refused", "big"):
-        attachment = EICAR if p.kind != "big" else rng.randbytes(p.size * 3 // 4)
+        # A fixed prefix: random bytes starting "MZ" are a DOS executable to libmagic, which
+        # Debian's banned rules ban (the first 100k run had 3 such "big" messages quarantined).
+        attachment = EICAR if p.kind != "big" else b"SOAK-DATA\n" + rng.randbytes(
+            p.size * 3 // 4)
         import base64
         b64 = base64.encodebytes(attachment).decode().replace("\n", "\r\n")
         name = "invoice.com" if p.kind != "big" else "archive.bin"
@@ -521,6 +524,7 @@ class Account:
     problems: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     unexplained_duplicates: list[str] = field(default_factory=list)
+    unplanned: list[str] = field(default_factory=list)
     deferrals: Counter[str] = field(default_factory=Counter)
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -634,6 +638,12 @@ def account(inj: Injector, c: Chain, faults: list[FaultEvent], metrics_text: str
                 a.outcomes["lost"] += 1
                 a.problems.append(f"{what}: Postfix: {status} {dsn} {text}")
                 continue
+            if want == "delivered" and copies == 0 and held and "quarantined as" in text:
+                # Not lost: the filter decided otherwise than the plan (a banned part, say)
+                # and the quarantine has it. Counted apart, and shown.
+                a.outcomes["quarantined, not planned"] += 1
+                a.unplanned.append(f"{what}: Postfix got {text!r}; in the quarantine")
+                continue
             if want == "delivered":
                 if copies == 0:
                     a.outcomes["lost"] += 1
@@ -683,7 +693,10 @@ def explains_duplicate(text: str) -> bool:
     """Postfix's deferral text for a try whose reply was lost after the message had reached
     the mailbox or the quarantine: the connection to the filter died after the dot (a
     worker killed), or the filter timed out on a downstream that had already stored it."""
+    # 4.3.2: Dovecot, being restarted, answered "421 4.3.2 Shutting down" after DATA for a
+    # message it had already stored.
     return ("may be sent more than once" in text or "4.4.2" in text or "4.4.7" in text
+            or "4.3.2 Downstream closing" in text
             or "lost connection" in text or "timed out" in text or "4.3.0" in text)
 
 
@@ -728,7 +741,8 @@ def markdown(result: dict[str, object]) -> str:
         "| outcome (per recipient) | count |",
         "|---|---|",
     ]
-    for key in ("delivered", "quarantined", "refused", "lost", "leaked", "duplicate copies"):
+    for key in ("delivered", "quarantined", "quarantined, not planned", "refused", "lost",
+                "leaked", "duplicate copies"):
         lines.append(f"| {key} | {o.get(key, 0):,} |")
     lines += ["", "| fault | times | seconds each (median) |", "|---|---|---|"]
     by_fault: dict[str, list[float]] = defaultdict(list)
@@ -799,6 +813,7 @@ def main() -> int:
         "faults": [asdict(e) for e in faults.events], "fault_errors": faults.errors,
         "injector_failures": inj.failures[:20], "problems": a.problems[:50],
         "duplicates": a.duplicates[:50], "unexplained_duplicates": a.unexplained_duplicates,
+        "not_planned": a.unplanned[:50],
         "rss": growth, "filter_log_tracebacks": tracebacks, "verdict_rows": verdict_rows,
     }
     checks = {
@@ -820,7 +835,8 @@ def main() -> int:
     print(text)
     for name, ok in checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {name}")
-    for line in a.problems[:20] + a.unexplained_duplicates[:20] + faults.errors:
+    for line in a.problems[:20] + a.unexplained_duplicates[:20] + a.unplanned[:20] + \
+            faults.errors:
         print("  " + line)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str))
