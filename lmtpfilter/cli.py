@@ -162,6 +162,20 @@ def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
                                 type=float if kind is UserKind.NUMBER else str)
 
 
+def _invoking_user() -> str:
+    """Who runs the CLI, for the release audit: the login name of the real uid, and the
+    user sudo was run by when it was (sudo sets SUDO_USER; only root could forge it)."""
+    import os
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = f"uid {os.getuid()}"
+    via = os.environ.get("SUDO_USER", "") if os.getuid() == 0 else ""
+    return f"{name} (sudo by {via})" if via and via.isprintable() and via != name else name
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config" and args.reference:
@@ -516,7 +530,8 @@ def _quarantine(config: cfg.Config, args: argparse.Namespace) -> int:
             from .release import release
 
             try:
-                result = asyncio.run(release(config, store, qid, args.to, args.force))
+                result = asyncio.run(release(config, store, qid, args.to, args.force,
+                                             by=f"cli {_invoking_user()}"))
             except ReleaseError as exc:
                 raise CliError(str(exc)) from None
             for rcpt, reply in result.results:

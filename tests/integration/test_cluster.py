@@ -12,6 +12,8 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -43,6 +45,7 @@ from tests.integration.test_janitor import World, janitor
 from tests.integration.test_scanning import message
 from tests.lmtp_tools import lmtp_session
 
+ME = pwd.getpwuid(os.getuid()).pw_name  # the CLI's audit names who ran it
 pytestmark = pytest.mark.integration
 _names = itertools.count()
 HOST_A, HOST_B = "filter-a.test", "filter-b.test"
@@ -278,10 +281,10 @@ async def test_a_message_quarantined_by_a_is_released_from_b(
     stored = dovecot.wait_for_messages(U1, before + 1)
     assert any(f"X-Quarantine-ID: <{qid}>".encode() in m for m in stored)
     assert db(b_config, f"select released_by, released_host from quarantine "
-                        f"where id = '{qid}'") == [("cli", HOST_B)]
+                        f"where id = '{qid}'") == [(f"cli {ME}", HOST_B)]
     shown = cli(host_a.config_path, "quarantine", "show", qid)  # seen from A as well
     assert shown.returncode == 0, shown.stderr
-    assert f"Released by: cli on {HOST_B}\n" in shown.stdout
+    assert f"Released by: cli {ME} on {HOST_B}\n" in shown.stdout
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])

@@ -288,7 +288,12 @@ async def test_a_virus_is_released_by_an_admin_only(site: Site) -> None:
         done = await admin.post(f"/m/{qid}/release", data={"csrf": csrf_of(page.text)})
         assert done.status_code == 200
     assert [t.recipients for t in site.downstream.transactions] == [[ALICE]]
-    assert site.record(qid).released_by == "web admin@example.org"
+    row = site.record(qid)
+    assert row.released_by == "web admin@example.org" and row.released_host
+    async with site.client() as admin:  # the audit says who and from which host
+        await log_in(admin, ADMIN)
+        shown = (await admin.get(f"/m/{qid}")).text
+        assert f"(by web admin@example.org on {row.released_host})" in shown
 
 
 async def test_a_refused_delivery_is_shown(site: Site) -> None:
