@@ -632,8 +632,9 @@ def main() -> int:
     parser.add_argument("--sizes", default="10,100", help="KB")
     parser.add_argument("--seconds", type=float, default=8.0, help="per measured pass")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="measure each cell N times and keep the median by msg/s "
-                             "(the machine's own noise is +-25%% from run to run)")
+                        help="measure each cell N times, the products in turns (A B C, A B C), and "
+                             "keep the median by msg/s (the machine's own noise is +-25%% "
+                             "from run to run)")
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
     args = parser.parse_args()
     products = args.products.split(",")
@@ -647,26 +648,8 @@ def main() -> int:
         with shared_daemons(base) as env:
             scanner_roots = [env.clamd.pid, env.spamd.pid]
             for mode in modes:
-                for product in products:
-                    if product == "direct":
-                        if mode != "none":
-                            for sessions, size in loads:
-                                cells.append(median([
-                                    measure_direct(env, mode, sessions, size, args.seconds,
-                                                   scanner_roots) for _ in range(args.repeat)]))
-                                print_progress(cells[-1])
-                        continue
-                    running = STARTERS[product](env, mode)
-                    try:
-                        for sessions, size in loads:
-                            cells.append(median([
-                                measure(running, scanner_roots, product, mode, sessions,
-                                        size, args.seconds) for _ in range(args.repeat)]))
-                            print_progress(cells[-1])
-                    finally:
-                        running.stop()
-                        for line in running.errors():
-                            print(f"  {product} ({mode}) logged: {line}", flush=True)
+                cells += measure_mode(env, mode, products, loads, args.repeat, args.seconds,
+                                      scanner_roots)
     finally:
         if os.environ.get("KEEP_BENCH_DIR"):
             print(f"kept {base}")
@@ -686,6 +669,43 @@ def main() -> int:
             print("\nlmtpfilter's msg/s divided by the others':\n", file=out)
             print_table(RATIO_HEADER, ratio_rows(cells), markdown=True, out=out)
     return 0
+
+
+def measure_mode(env: Env, mode: str, products: list[str], loads: list[tuple[int, int]],
+                 repeat: int, seconds: float, scanner_roots: list[int]) -> list[Cell]:
+    """Every product of one mode, running side by side (idle but for the one measured), each
+    load measured in turns, A B C, A B C, ...: drift on a shared machine (another tenant, the
+    CPU's clock, clamd's cache warming) then hits every product alike, where measuring one
+    product's repetitions back to back would hand it all to whichever came first."""
+    running: dict[str, Running] = {}
+    cells: list[Cell] = []
+    try:
+        for product in products:
+            if product in STARTERS:
+                running[product] = STARTERS[product](env, mode)
+        for sessions, size in loads:
+            tries: dict[str, list[Cell]] = {}
+            for _ in range(repeat):
+                for product in products:
+                    if product == "direct":
+                        if mode == "none":
+                            continue
+                        cell = measure_direct(env, mode, sessions, size, seconds,
+                                              scanner_roots)
+                    else:
+                        cell = measure(running[product], scanner_roots, product, mode,
+                                       sessions, size, seconds)
+                    tries.setdefault(product, []).append(cell)
+            for product in products:
+                if product in tries:
+                    cells.append(median(tries[product]))
+                    print_progress(cells[-1])
+    finally:
+        for product, started in running.items():
+            started.stop()
+            for line in started.errors():
+                print(f"  {product} ({mode}) logged: {line}", flush=True)
+    return cells
 
 
 def median(cells: list[Cell]) -> Cell:
