@@ -73,7 +73,6 @@ class FilterStage:
             return
         policies = await self.policies.lookup(r.address for r in recipients)
         need_virus = any(not p.listed(p.bypass_virus_checks) for p in policies.values())
-        need_spam = any(not p.listed(p.bypass_spam_checks) for p in policies.values())
         need_content = any(not (p.listed(p.bypass_banned_checks)
                                 and p.listed(p.bypass_header_checks))
                            for p in policies.values())
@@ -82,6 +81,11 @@ class FilterStage:
             delimiter = next(iter(policies.values())).recipient_delimiter
             senders = await self.senders.matches(tx.sender, [r.address for r in recipients],
                                                  delimiter)
+        # SpamAssassin's CPU is the dear part: spent only if some recipient will read its
+        # verdict (not a bypass list, not a sender-list "bypass", as amavisd-new skips it
+        # for whitelisted senders). A "block" still asks: its score decides reject or not.
+        need_spam = any(not policies[a].listed(policies[a].bypass_spam_checks)
+                        and not _bypassed(senders.get(a)) for a in policies)
         tx.scan = await self.scan(tx.message.data, tx.sender, need_virus, need_spam,
                                   tx.message if need_content else None,
                                   smtputf8(tx.mail_params))
@@ -179,6 +183,10 @@ def content_checks(message: Message, config: ContentConfig, smtputf8: bool) -> C
                          seconds=time.perf_counter() - started,
                          bad_header_minor=AMAVIS_MINOR_CATEGORY[bad[0].kind] if bad else 0,
                          banned_part=banned.part_path if banned else "")
+
+
+def _bypassed(sender: SenderVerdict | None) -> bool:
+    return sender is not None and sender.action == "bypass"
 
 
 _FORGEABLE_HINTS = (b"x-spam-", b"x-virus-", b"x-quarantine-id", b"x-amavis-alert")

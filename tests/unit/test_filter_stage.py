@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lmtpfilter.filtering import FilterStage
-from lmtpfilter.policy import RecipientPolicy
+from lmtpfilter.policy import RecipientPolicy, SenderVerdict
 from lmtpfilter.scanresult import SpamResult, Status, VirusResult
 from tests.lmtp_tools import (
     FakeDownstream,
@@ -177,6 +177,32 @@ async def test_bypass_everything_scans_nothing(fake: FakeDownstream) -> None:
     st = FilterStage(Policies(a=everyone), virus, spam, "x")
     await send(fake, st, ["a@example.org"])
     assert (virus.calls, spam.calls) == (0, 0)
+
+
+class SenderBypass:
+    """A sender list whose entry says "bypass" for the listed recipients only."""
+    action, score, entry = "bypass", 0.0, "bypass newsletter@example.net"
+
+    def __init__(self, *recipients: str) -> None:
+        self.recipients = recipients
+
+    async def matches(self, sender: str, recipients: Iterable[str], delimiter: str = ""
+                      ) -> dict[str, SenderVerdict | None]:
+        return {r: self if r in self.recipients else None for r in recipients}
+
+
+@pytest.mark.parametrize(("bypassed", "spamd_calls"), [
+    (["a@example.org", "b@example.org"], 0), (["a@example.org"], 1)])
+async def test_spamd_is_asked_only_if_a_recipient_reads_its_verdict(
+        fake: FakeDownstream, bypassed: list[str], spamd_calls: int) -> None:
+    virus, spam = Virus(CLEAN), Spam(scored(3.0))
+    st = FilterStage(Policies(), virus, spam, "x", senders=SenderBypass(*bypassed))
+    result = await send(fake, st, ["a@example.org", "b@example.org"])
+    assert (virus.calls, spam.calls) == (1, spamd_calls)
+    assert [r[:3] for r in result.data_replies] == ["250", "250"]
+    copy_of = {r: t.data for t in fake.transactions for r in t.recipients}
+    assert b"X-Spam-Score" not in copy_of["a@example.org"]
+    assert (b"X-Spam-Score: 3" in copy_of["b@example.org"]) == bool(spamd_calls)
 
 
 async def test_database_unavailable_means_4xx_and_nothing_delivered(
