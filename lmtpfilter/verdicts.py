@@ -137,8 +137,15 @@ class QuarantineStage:
         except BaseException:
             # No row, no 250: remove the file so that the janitor has no orphan to report.
             # Without the lock: a file with no row is nobody else's, and the janitor leaves
-            # row-less files alone for a day.
-            await asyncio.to_thread(self.files.remove, record)
+            # row-less files alone for a day. A removal that fails too (the filter's
+            # database role may not delete chunks) is logged on its own line: the error
+            # that explains the 4xx is the commit's, raised below.
+            try:
+                await asyncio.to_thread(self.files.remove, record)
+            except Exception as cleanup:
+                log.warning("quarantine %s: the copy without a row stays for the janitor "
+                            "(removing it failed: %s)", qid,
+                            (str(cleanup).splitlines() or [type(cleanup).__name__])[0])
             raise
 
     def received(self, tx: Transaction) -> bytes:

@@ -30,13 +30,15 @@ def readme_grants(database: str, password: str) -> str:
             .replace("DATABASE lmtpfilter", f"DATABASE {database}"))
 
 
+@pytest.mark.parametrize("kept_in", ["files", "sql"])  # [quarantine] store
 async def test_the_readme_grants_are_enough_and_no_more(
-        postgres: Postgres, tmp_path: Path, fake: FakeDownstream) -> None:
-    owner_url = postgres.create_database("webgrants")
+        postgres: Postgres, tmp_path: Path, fake: FakeDownstream, kept_in: str) -> None:
+    database = f"webgrants_{kept_in}"
+    owner_url = postgres.create_database(database)
     st.upgrade(owner_url)
-    postgres.psql("webgrants", readme_grants("webgrants", "webpw"))
-    web_url = f"postgresql+psycopg://lmtpfilter_web:webpw@127.0.0.1:{postgres.port}/webgrants"
-    config = make_config(tmp_path, fake.address, base_url="http://web.test")
+    postgres.psql(database, readme_grants(database, "webpw"))
+    web_url = f"postgresql+psycopg://lmtpfilter_web:webpw@127.0.0.1:{postgres.port}/{database}"
+    config = make_config(tmp_path, fake.address, kept_in, base_url="http://web.test")
     owner, web_store = st.Store(owner_url), st.Store(web_url)
     try:
         web_store.check_schema()
@@ -92,4 +94,5 @@ async def test_the_readme_grants_are_enough_and_no_more(
     finally:
         web_store.close()
         owner.close()
-        postgres.drop_database("webgrants")
+        postgres.drop_database(database)
+        postgres.psql("postgres", "DROP ROLE IF EXISTS lmtpfilter_web")  # roles are server-wide
