@@ -91,7 +91,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from compare import cpu_seconds, wait_up  # noqa: E402
+from compare import cpu_seconds, machine, wait_up  # noqa: E402
 from throughput import render_toml  # noqa: E402
 
 from lmtpfilter.config import from_mapping  # noqa: E402
@@ -598,15 +598,6 @@ CPUS = os.cpu_count() or 1
 def per_message_cpu(s: dict[str, float]) -> float:
     return s["filter_cpu_ms"] + s["postgres_cpu_ms"] + s["sink_cpu_ms"] + s["client_cpu_ms"]
 
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
-    release = next((line.split("=", 1)[1].strip('"') for line in
-                    Path("/etc/os-release").read_text().splitlines()
-                    if line.startswith("PRETTY_NAME=")), "?")
-    return f"{CPUS} CPUs ({cpu}), {release}, Python {sys.version.split()[0]}"
 
 
 # ----------------------------------------------------------------------------- main
