@@ -97,13 +97,17 @@ class Profile:
     db_lock: float
     disk_full: float
     sessions: int = 4
+    worker_max_messages: int = 10_000
+    """[server] worker_max_messages (its default in the full run; the CI run retires
+    workers every few hundred transactions, so that retiring is tried under Postfix and
+    the faults)."""
 
 
 PROFILES = {
     "full": Profile(messages=100_000, rate=27.0, fault_gap=45.0, downstream_timeout=10.0,
                     spamd_timeout=15.0, db_lock=10.0, disk_full=20.0),
     "ci": Profile(messages=2000, rate=25.0, fault_gap=3.0, downstream_timeout=5.0,
-                  spamd_timeout=8.0, db_lock=10.0, disk_full=8.0),
+                  spamd_timeout=8.0, db_lock=10.0, disk_full=8.0, worker_max_messages=400),
 }
 
 # kind -> weight; expected outcome per recipient is decided by expected() below.
@@ -220,6 +224,7 @@ listen = ["unix:{d}/lmtp.sock"]
 hostname = "filter.soak"
 socket_mode = "0666"
 workers = 2
+worker_max_messages = {p.worker_max_messages}
 
 [downstream]
 address = "127.0.0.1:{dovecot.lmtp_port}"
@@ -711,13 +716,18 @@ def explains_duplicate(text: str) -> bool:
 
 
 def rss_growth(samples: list[tuple[float, int, int]], start: float, end: float
-               ) -> dict[str, float]:
-    """RSS growth of the workers that lived the whole run (the fault kills the youngest, so
-    one does): the median of its samples (every 5 s) just after warm-up, 20-30% of the run,
-    against the median in the last 10%. The largest growth of those workers is the figure.
-    A worker killed by a fault starts small and grows again, so mixing workers of different
-    ages would measure their ages, not a leak."""
+               ) -> dict[str, float | str]:
+    """Worker RSS after warm-up (the window at 20-30% of the run) against the end (the last
+    10%), medians of the samples taken every 5 s.
+
+    If a worker lived the whole run (the fault kills the youngest, and with
+    `worker_max_messages = 0` none retires), the figure is that worker's own growth: a
+    worker killed by a fault starts small and grows again, so mixing workers of different
+    ages would measure their ages, not a leak. When workers retire ([server]
+    worker_max_messages), none lives the whole run, and the figure is the growth of all the
+    workers' samples together: what the filter's memory does over the run."""
     span = end - start
+    warm_lo, warm_hi, last_lo = start + 0.2 * span, start + 0.3 * span, end - 0.1 * span
     by_pid: dict[int, list[tuple[float, int]]] = {}
     for t, pid, kb in samples:
         by_pid.setdefault(pid, []).append((t, kb))
@@ -726,16 +736,21 @@ def rss_growth(samples: list[tuple[float, int, int]], start: float, end: float
         return [kb for t, kb in series if lo <= t <= hi]
     figures = []
     for series in by_pid.values():
-        warm = window(series, start + 0.2 * span, start + 0.3 * span)
-        last = window(series, end - 0.1 * span, end)
+        warm, last = window(series, warm_lo, warm_hi), window(series, last_lo, end)
         if series[0][0] <= start + 0.1 * span and warm and last:
             w, e = statistics.median(warm), statistics.median(last)
             figures.append((100 * (e - w) / w, w, e))
+    basis = "the worker alive all run"
     if not figures:
-        return {}
+        everyone = [(t, kb) for t, _pid, kb in samples]
+        warm, last = window(everyone, warm_lo, warm_hi), window(everyone, last_lo, end)
+        if not warm or not last:
+            return {}
+        w, e = statistics.median(warm), statistics.median(last)
+        figures, basis = [(100 * (e - w) / w, w, e)], "all workers"
     growth, w, e = max(figures)
     return {"after_warmup_mb": w / 1024, "at_end_mb": e / 1024, "growth_percent": growth,
-            "long_lived_workers": len(figures), "workers_seen": len(by_pid),
+            "basis": basis, "workers_seen": len(by_pid),
             "peak_mb": max(kb for _t, _p, kb in samples) / 1024}
 
 
@@ -785,7 +800,7 @@ def markdown(result: dict[str, object]) -> str:
     rss = result["rss"]
     if rss:
         assert isinstance(rss, dict)
-        lines += ["", f"Worker RSS (the worker alive all run, of {rss['workers_seen']:.0f} "
+        lines += ["", f"Worker RSS ({rss['basis']}, {rss['workers_seen']:.0f} workers "
                       f"seen): {rss['after_warmup_mb']:.1f} MB after warm-up, "
                       f"{rss['at_end_mb']:.1f} MB at the end ({rss['growth_percent']:+.1f}%), "
                       f"peak {rss['peak_mb']:.1f} MB."]
@@ -851,7 +866,7 @@ def main() -> int:
     }
     if t1 - t0 >= 20 * 60:
         checks["worker RSS growth <= 10% after warm-up"] = bool(growth) and \
-            growth["growth_percent"] <= 10
+            float(growth["growth_percent"]) <= 10
     result["checks"] = checks
     text = markdown(result)
     print(text)

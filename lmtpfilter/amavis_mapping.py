@@ -388,6 +388,16 @@ def _workers(look: Lookup) -> TomlValue | _Keep:
     raise NotMapped(f"{value!r}: [server] workers is a number from 1 to 256")
 
 
+def _max_requests(look: Lookup) -> TomlValue | _Keep:
+    value = look.scalar("$max_requests")
+    if value is None:
+        return KEEP
+    # Not carried over: the same idea at another scale.
+    raise NotMapped(f"{value!r}: an amavis child takes one message at a time, an lmtpfilter "
+                    "worker hundreds; [server] worker_max_messages (10000 by default) "
+                    "replaces a worker after that many")
+
+
 def _listen(look: Lookup) -> TomlValue | _Keep:
     value = look.scalar("$inet_socket_port")
     if value is None:
@@ -467,6 +477,7 @@ RULES: tuple[Rule, ...] = (
     Rule(("$X_HEADER_LINE",), "policy.x_header_line", _header_line),
     Rule(("$myhostname",), "server.hostname", _hostname),
     Rule(("$max_servers",), "server.workers", _workers),
+    Rule(("$max_requests",), None, _max_requests),
     Rule(("$inet_socket_port",), "server.listen", _listen,
          "Postfix must now reach lmtpfilter over LMTP"),
     Rule(("$forward_method",), "downstream.address", _forward_method),

@@ -17,11 +17,12 @@ from .downstream import Downstream
 from .filtering import FilterStage, SenderSource
 from .lmtp_server import Capabilities
 from .notify import Notifications, Outbox
-from .pipeline import Pipeline, Stage, Summary, key_value_summary
+from .pipeline import Pipeline, Stage, Summary, Transaction, key_value_summary
 from .policy import PolicySource
 from .quarantine import open_quarantine
+from .reply import Reply
 from .senderlists import SenderLists
-from .server import FilterServer
+from .server import FilterServer, Processor
 from .spamd import SpamdScanner
 from .store import Store
 from .userpolicy import DbPolicies
@@ -126,15 +127,42 @@ async def log_scanner_versions(config: Config) -> None:
         log.warning("clamd at %s not answering yet: %s", config.clamav.address, exc)
 
 
+def _retiring(process: Processor, limit: int, stop: asyncio.Event) -> Processor:
+    """`process`, counting the transactions it finished; at `limit` it sets `stop`, after
+    the transaction's replies are on their way (call_soon), so the drain that follows sees
+    that session idle."""
+    finished = 0
+
+    async def counted(tx: Transaction) -> list[Reply]:
+        nonlocal finished
+        try:
+            return await process(tx)
+        finally:
+            finished += 1
+            if finished == limit:
+                log.info("retiring after %d transactions ([server] worker_max_messages)",
+                         finished)
+                asyncio.get_running_loop().call_soon(stop.set)
+
+    return counted
+
+
 async def serve(config: Config, services: Services,
                 sockets: Sequence[socket.socket] | None = None,
                 owns_sockets: bool = True,
-                metrics_sock: socket.socket | None = None) -> None:
+                metrics_sock: socket.socket | None = None,
+                retire_after: int = 0) -> None:
     """Run until SIGTERM/SIGINT, then drain gracefully (421 after the timeout).
 
-    owns_sockets=False (a worker): the unix socket files belong to the supervisor."""
+    owns_sockets=False (a worker): the unix socket files belong to the supervisor.
+    retire_after > 0 (a worker): drain the same way once that many transactions finished,
+    so that the supervisor starts a fresh process ([server] worker_max_messages)."""
     downstream = services.pipeline.downstream
-    server = FilterServer(config, services.pipeline.process, unlink_on_shutdown=owns_sockets,
+    stop = asyncio.Event()
+    process: Processor = services.pipeline.process
+    if retire_after > 0:
+        process = _retiring(process, retire_after, stop)
+    server = FilterServer(config, process, unlink_on_shutdown=owns_sockets,
                           announce=extensions_for(downstream))
     warn_about_policy(config)
     await downstream.probe()  # learn what it announces before the first client's LHLO
@@ -143,7 +171,6 @@ async def serve(config: Config, services: Services,
     outbox = asyncio.create_task(services.outbox.run_forever())
     metrics_http = await metrics.serve_http(metrics_sock) if metrics_sock else None
     gauges = asyncio.create_task(quarantine_gauges(services.store)) if metrics_sock else None
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -355,9 +355,14 @@ def _serve_one(config: cfg.Config, sockets: Any, metrics_sock: Any,
     from .app import build, serve
 
     services = build(config)
+    limit = config.server.worker_max_messages if worker else 0
+    if limit:  # up to 10% more, so that workers started together do not retire together
+        import random
+
+        limit += random.randint(0, limit // 10)
     try:
         asyncio.run(serve(config, services, sockets, owns_sockets=not worker,
-                          metrics_sock=metrics_sock))
+                          metrics_sock=metrics_sock, retire_after=limit))
     except OSError as exc:
         raise CliError(str(exc)) from None
     finally:

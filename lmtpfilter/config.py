@@ -86,6 +86,14 @@ class ServerConfig:
         "50M", parse_size, "Largest message accepted; larger ones get 552 5.3.4 per recipient.")
     workers: int = option(
         1, int_in_range(1, 256), "Processes sharing the listeners.")
+    worker_max_messages: int = option(
+        10_000, int_in_range(0, 100_000_000),
+        "With workers >= 2, a worker that has finished this many transactions (plus up to "
+        "10%, so that workers do not retire together) stops accepting, drains as on SIGTERM "
+        "and exits, and the supervisor starts a fresh one: the memory a worker's allocator "
+        "kept from its busiest moments goes back to the system (amavisd-new: max_requests; "
+        "Postfix: max_use; gunicorn: max_requests). 0 = never. With workers = 1 there is no "
+        "supervisor to start another, so the process is not recycled.")
     shutdown_timeout: float = option(
         "30s", parse_duration,
         "On SIGTERM, how long in-flight transactions may run before the rest get 421.")

@@ -54,6 +54,8 @@ QUARANTINE_SIZE = Gauge("lmtpfilter_quarantine_bytes", "Bytes in the quarantine 
 INFLIGHT = Gauge("lmtpfilter_inflight_transactions", "Transactions being processed",
                  multiprocess_mode="livesum")
 WORKER_RESTARTS = Counter("lmtpfilter_worker_restarts_total", "Workers restarted after dying")
+WORKER_RETIREMENTS = Counter("lmtpfilter_worker_retirements_total",
+                             "Workers replaced after worker_max_messages transactions")
 
 
 def mark_process_dead(pid: int) -> None:

@@ -6,6 +6,8 @@ own event loop, database engine and downstream connections and serves the inheri
 
 * a worker that dies is restarted (after a short pause if they die in a loop); what it had in
   flight was never acknowledged, so Postfix retries it: nothing is lost;
+* a worker that exits 0 on its own retired ([server] worker_max_messages: it drained as on
+  SIGTERM after its share of transactions) and is replaced at once;
 * SIGTERM (or SIGINT) is passed to every worker, which drains as a single process does; the
   parent waits for them and exits 0.
 
@@ -77,13 +79,18 @@ class Supervisor:
             started = self.children.pop(pid, None)
             if started is None or self._stopping:
                 continue
-            log.error("worker %d died (%s); starting another", pid, _describe(status))
             from . import metrics  # imported late: `serve` set up the metrics directory
 
-            metrics.WORKER_RESTARTS.inc()
+            retired = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            if retired:
+                log.info("worker %d retired; starting another", pid)
+                metrics.WORKER_RETIREMENTS.inc()
+            else:
+                log.error("worker %d died (%s); starting another", pid, _describe(status))
+                metrics.WORKER_RESTARTS.inc()
             metrics.mark_process_dead(pid)
             try:
-                if time.monotonic() - started < QUICK_DEATH:
+                if not retired and time.monotonic() - started < QUICK_DEATH:
                     time.sleep(RESTART_PAUSE)
                 self._spawn()
             except _StopRequested:

@@ -80,3 +80,45 @@ async def test_workers_share_the_load_and_survive_a_killed_worker(
     assert proc.stop() == 0
     assert children(proc.proc.pid) == set()
     assert not Path(listen[5:]).exists()  # the supervisor removed the socket
+
+
+async def deliver_retrying(listen: str, n: int, subject: bytes) -> int:
+    """Deliver one message, as Postfix would: a connection that a retiring worker greets
+    with 421 (it had accepted it just before closing its listener) is tried again. Returns
+    how many tries were refused that way."""
+    for refused in range(10):
+        try:
+            result = await lmtp_session(listen, f"s{n}@example.net", ["user2@example.org"],
+                                        b"Subject: " + subject + b"\r\n\r\nhello\r\n")
+        except (AssertionError, ConnectionError):  # 421 at the greeting, or closed
+            continue
+        assert [r[:3] for r in result.data_replies] == ["250"], result
+        return refused
+    raise AssertionError(f"message {n} refused 10 times")
+
+
+async def test_a_worker_retires_after_worker_max_messages_and_nothing_is_lost(
+        filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot) -> None:
+    workdir = new_workdir(daemon_base, "retire")
+    listen = f"unix:{workdir}/lmtp.sock"
+    proc = filter_process(workdir, filter_config(
+        f"127.0.0.1:{dovecot.lmtp_port}", [listen],
+        server="workers = 2\nworker_max_messages = 10"), listen).start()
+    assert proc.proc is not None
+    first = wait_children(proc.proc.pid, 2)
+    subject = f"retire-{os.getpid()}-{time.time_ns()}".encode()
+    before = len(dovecot.messages("user2@example.org"))
+    for start in range(0, 120, 12):  # 12 at a time: retirements happen mid-burst
+        await asyncio.gather(*(deliver_retrying(listen, n, subject)
+                               for n in range(start, start + 12)))
+    # Each worker retires after 10-11 transactions: every message went through, once.
+    stored = dovecot.wait_for_messages("user2@example.org", before + 120)
+    assert sum(subject in m for m in stored) == 120
+    log = proc.log()
+    assert log.count("; starting another") >= 8
+    assert "died" not in log and "Traceback" not in log
+    assert re.search(r"retiring after 1[01] transactions \(\[server\] worker_max_messages\)",
+                     log)
+    now = wait_children(proc.proc.pid, 2)
+    assert not now & first  # both first workers were replaced
+    assert proc.stop() == 0
