@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import metrics
 from .content import inspect
@@ -28,7 +28,14 @@ from .header_checks import (
 from .headers import encode_tag, is_forgeable
 from .message import Message
 from .pipeline import Recipient, Transaction
-from .policy import Action, Decision, PolicySource, SenderVerdict, decide
+from .policy import (
+    Action,
+    Decision,
+    PolicySource,
+    SenderVerdict,
+    decide,
+    settled_before_spam,
+)
 from .reply import Reply
 from .scanresult import NOT_INSPECTED, ContentResult, ScanResult, SpamResult, Status, VirusResult
 
@@ -36,6 +43,9 @@ if TYPE_CHECKING:
     from .config import ContentConfig
 
 log = logging.getLogger(__name__)
+
+# spamd's result when its answer could no longer change anything (the log's spamd=skipped).
+SPAM_NOT_NEEDED = "not asked: every recipient's fate was fixed by the virus or content check"
 
 
 class VirusScanner(Protocol):
@@ -86,9 +96,15 @@ class FilterStage:
         # for whitelisted senders). A "block" still asks: its score decides reject or not.
         need_spam = any(not policies[a].listed(policies[a].bypass_spam_checks)
                         and not _bypassed(senders.get(a)) for a in policies)
+        if self.spamd is not None and not need_spam:
+            metrics.SCANS_SPARED.labels("spamassassin", "bypassed").inc()
+
+        def spam_unneeded(partial: ScanResult) -> bool:
+            return all(settled_before_spam(partial, p) for p in policies.values())
+
         tx.scan = await self.scan(tx.message.data, tx.sender, need_virus, need_spam,
                                   tx.message if need_content else None,
-                                  smtputf8(tx.mail_params))
+                                  smtputf8(tx.mail_params), spam_unneeded)
         for name, status, seconds in (("clamav", tx.scan.virus.status, tx.scan.virus.seconds),
                                       ("spamassassin", tx.scan.spam.status,
                                        tx.scan.spam.seconds),
@@ -110,13 +126,20 @@ class FilterStage:
             self.apply(r, r.decision, forged, tx.scan)
 
     async def scan(self, data: bytes, sender: str, need_virus: bool, need_spam: bool,
-                   message: Message | None = None, smtputf8: bool = False) -> ScanResult:
+                   message: Message | None = None, smtputf8: bool = False,
+                   spam_unneeded: Callable[[ScanResult], bool] | None = None) -> ScanResult:
         """The scans in parallel; a scan nobody needs (or that is disabled) is not run. The
-        content checks run when `message` is given (someone needs them)."""
+        content checks run when `message` is given (someone needs them). `spam_unneeded`
+        says, from the results known so far, whether every recipient's fate is already
+        fixed (policy.settled_before_spam): spamd's request is then dropped if it has not
+        reached spamd yet (it waits for a connection when spamd is busy, which is when
+        its CPU is dear), as amavisd-new does not ask SpamAssassin about a virus."""
         virus = self.clamd.scan(data) if self.clamd and need_virus else None
         spam = self.spamd.check(data, sender) if self.spamd and need_spam else None
         content = self.check_content(message, smtputf8) \
             if self.content is not None and message is not None else None
+        if spam is not None and spam_unneeded is not None and (virus or content):
+            return await self._scan_spam_while_deciding(virus, spam, content, spam_unneeded)
         if virus and spam and content is None:
             v, s = await asyncio.gather(virus, spam)
             return ScanResult(v, s)
@@ -125,6 +148,45 @@ class FilterStage:
         return ScanResult(next(found) if virus else VirusResult(Status.DISABLED),  # type: ignore[arg-type]
                           next(found) if spam else SpamResult(Status.DISABLED),  # type: ignore[arg-type]
                           next(found) if content else NOT_INSPECTED)  # type: ignore[arg-type]
+
+    @staticmethod
+    async def _scan_spam_while_deciding(
+            virus: Coroutine[Any, Any, VirusResult] | None,
+            spam: Coroutine[Any, Any, SpamResult],
+            content: Coroutine[Any, Any, ContentResult] | None,
+            spam_unneeded: Callable[[ScanResult], bool]) -> ScanResult:
+        """All three started together; each time clamd or the content check answers before
+        spamd, ask whether spamd's answer can still change anything. If not, its request is
+        cancelled: one still waiting for a connection never reaches spamd, one already sent
+        runs on to its answer in the spamd client (which keeps its connection slot until
+        then), and nobody waits for it here."""
+        virus_task = asyncio.ensure_future(virus) if virus else None
+        content_task = asyncio.ensure_future(content) if content else None
+        spam_task = asyncio.ensure_future(spam)
+        others = {t for t in (virus_task, content_task) if t is not None}
+        spam_result: SpamResult | None = None
+        while others and spam_result is None:
+            done, _ = await asyncio.wait({*others, spam_task},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            others -= done
+            if spam_task in done:
+                spam_result = spam_task.result()
+                break
+            partial = ScanResult(
+                virus_task.result() if virus_task and virus_task.done()
+                else VirusResult(Status.DISABLED),
+                SpamResult(Status.DISABLED),
+                content_task.result() if content_task and content_task.done()
+                else NOT_INSPECTED)
+            if spam_unneeded(partial):
+                spam_task.cancel()
+                spam_result = SpamResult(Status.SKIPPED, error=SPAM_NOT_NEEDED)
+                metrics.SCANS_SPARED.labels("spamassassin", "settled").inc()
+        if spam_result is None:
+            spam_result = await spam_task
+        return ScanResult(await virus_task if virus_task else VirusResult(Status.DISABLED),
+                          spam_result,
+                          await content_task if content_task else NOT_INSPECTED)
 
     async def check_content(self, message: Message, smtputf8: bool) -> ContentResult:
         """Banned parts and bad headers. A message with something to walk (parts, a body

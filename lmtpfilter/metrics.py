@@ -44,6 +44,9 @@ SCAN_SECONDS = Histogram("lmtpfilter_scanner_seconds", "Scan time by scanner", [
                                   60))
 SCAN_ERRORS = Counter("lmtpfilter_scanner_errors_total", "Scanner failures by scanner",
                       ["scanner"])
+SCANS_SPARED = Counter("lmtpfilter_scans_spared_total",
+                       "Scans not asked for because no recipient needed their answer",
+                       ["scanner", "reason"])
 QUARANTINED = Counter("lmtpfilter_quarantined_total", "Messages quarantined", ["reason"])
 QUARANTINED_BYTES = Counter("lmtpfilter_quarantined_bytes_total",
                             "Bytes written to the quarantine (compressed)")

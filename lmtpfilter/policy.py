@@ -160,6 +160,21 @@ def banned_reject(part: str) -> Reply:
     return Reply(550, "5.7.1", f"Message rejected: banned content: {shown}"[:400])
 
 
+def settled_before_spam(scan: ScanResult, policy: RecipientPolicy) -> bool:
+    """Is this recipient's fate fixed whatever spamd says? True when :func:`decide` returns
+    at its virus or content step (a reject, a discard, a tempfail), so that a spamd request
+    still waiting for a connection can be dropped. `scan` may be partial: a result not yet
+    known is DISABLED or NOT_INSPECTED, which never ends decide early, so the answer errs
+    towards asking spamd."""
+    decision = decide(replace(scan, spam=_NOT_ASKED), policy, "")
+    return decision.action is not Action.DELIVER and decision.category in _BEFORE_SPAM
+
+
+_NOT_ASKED = SpamResult(Status.DISABLED)
+# The categories decide() ends with before its spam step; a bad header comes after it.
+_BEFORE_SPAM = frozenset({Category.VIRUS, Category.BANNED, Category.UNCHECKED})
+
+
 def decide(scan: ScanResult, policy: RecipientPolicy, x_header_line: str,
            sender: SenderVerdict | None = None) -> Decision:
     """What happens to the message for one recipient, and the headers of its copy."""

@@ -105,6 +105,8 @@ class SpamdScanner:
     def __init__(self, config: SpamassassinConfig) -> None:
         self.config = config
         self._slots: asyncio.Semaphore | None = None
+        # Requests whose caller stopped waiting: held here until spamd answers them.
+        self._in_flight: set[asyncio.Future[SpamResult]] = set()
 
     async def check(self, data: bytes, envelope_sender: str) -> SpamResult:
         """Score `data`, sent by `envelope_sender` ("" or "<>": the null sender); over
@@ -129,14 +131,26 @@ class SpamdScanner:
                 f"spamd busy: no free connection in {self.config.timeout:g}s "
                 f"(max_connections = {self.config.max_connections})"),
                 seconds=time.monotonic() - started)
-        try:
-            result = await guarded(self._request(self.config.address, [head + envelope, data]),
-                                   self.config.timeout, f"spamd at {self.config.address}",
-                                   lambda why: SpamResult(Status.ERROR, error=why))
-        finally:
-            self._slots.release()
+        # From here the request is spamd's. A caller that stops waiting (cancels: the virus
+        # result has settled every recipient) does not end it: spamd cannot be told to stop,
+        # and max_connections must count what spamd is doing, so the request keeps its slot
+        # until spamd has answered.
+        request = asyncio.ensure_future(self._answer([head + envelope, data]))
+        self._in_flight.add(request)
+        request.add_done_callback(self._in_flight.discard)
+        result = await asyncio.shield(request)
         return SpamResult(result.status, result.score, result.required, result.rules,
                           result.error, time.monotonic() - started)
+
+    async def _answer(self, request: Sequence[bytes]) -> SpamResult:
+        """Called with a slot held; frees it."""
+        assert self._slots is not None
+        try:
+            return await guarded(self._request(self.config.address, request),
+                                 self.config.timeout, f"spamd at {self.config.address}",
+                                 lambda why: SpamResult(Status.ERROR, error=why))
+        finally:
+            self._slots.release()
 
     @staticmethod
     async def _request(address: Address, request: Sequence[bytes]) -> SpamResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.header
 import email.policy
@@ -203,6 +204,61 @@ async def test_spamd_is_asked_only_if_a_recipient_reads_its_verdict(
     copy_of = {r: t.data for t in fake.transactions for r in t.recipients}
     assert b"X-Spam-Score" not in copy_of["a@example.org"]
     assert (b"X-Spam-Score: 3" in copy_of["b@example.org"]) == bool(spamd_calls)
+
+
+class SpamdNeverAnswers:
+    """A spamd whose request waits for a connection until cancelled (spamd busy)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.cancelled = 0
+
+    async def check(self, data: bytes, envelope_sender: str) -> SpamResult:
+        self.calls += 1
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        raise AssertionError("unreachable")
+
+
+INFECTED = VirusResult(Status.INFECTED, ("Eicar-Signature",))
+
+
+@pytest.mark.parametrize("destiny", ["discard", "reject"])
+async def test_spamd_is_not_waited_for_once_the_virus_settles_every_recipient(
+        fake: FakeDownstream, destiny: str, caplog: pytest.LogCaptureFixture) -> None:
+    """As amavisd-new does not ask SpamAssassin about a virus: clamd's answer fixes every
+    recipient's fate, so the spamd request still waiting for a connection is dropped."""
+    spam = SpamdNeverAnswers()
+    policy = RecipientPolicy().overridden({"virus_destiny": destiny})
+    stage = FilterStage(Policies(a=policy, b=policy), Virus(INFECTED), spam, "x")
+    caplog.set_level("INFO")
+    result = await asyncio.wait_for(send(fake, stage, ["a@example.org", "b@example.org"]), 10)
+    code = "550" if destiny == "reject" else "451"  # no quarantine stage here: deferred
+    assert [r[:3] for r in result.data_replies] == [code, code]
+    assert (spam.calls, spam.cancelled) == (1, 1)
+    assert fake.transactions == []
+    assert "spamd=skipped" in caplog.text
+
+
+@pytest.mark.parametrize("lover", ["bypass_virus_checks", "virus_destiny"])
+async def test_spamd_is_waited_for_when_one_recipient_still_needs_its_score(
+        fake: FakeDownstream, lover: str) -> None:
+    """One recipient takes viruses (bypasses the check, or a virus destiny of pass): the
+    spam score still decides its copy's headers, so spamd's answer is awaited."""
+    spam = Spam(scored(7.0))
+    taker = RecipientPolicy().overridden(
+        {"bypass_virus_checks": True} if lover == "bypass_virus_checks"
+        else {"virus_destiny": "pass"})
+    stage = FilterStage(Policies(a=taker, b=RecipientPolicy().overridden(
+        {"virus_destiny": "reject"})), Virus(INFECTED), spam, "x")
+    result = await send(fake, stage, ["a@example.org", "b@example.org"])
+    assert [r[:3] for r in result.data_replies] == ["250", "550"]
+    assert spam.calls == 1
+    [delivered] = fake.transactions
+    assert b"X-Spam-Flag: YES" in header_block(delivered.data)
 
 
 async def test_database_unavailable_means_4xx_and_nothing_delivered(

@@ -13,7 +13,7 @@ import pytest
 from lmtpfilter.addresses import AddressList
 from lmtpfilter.config import PolicyConfig, from_mapping
 from lmtpfilter.options import declared
-from lmtpfilter.policy import Action, Category, RecipientPolicy, decide
+from lmtpfilter.policy import Action, Category, RecipientPolicy, decide, settled_before_spam
 from lmtpfilter.scanresult import (
     NOT_INSPECTED,
     ContentResult,
@@ -95,6 +95,38 @@ def test_decide(case: dict[str, Any]) -> None:
         assert decision.quarantine is expect["quarantine"]
     if decision.action is not Action.DELIVER:
         assert decision.add_headers == () and decision.subject_tag == ""
+
+
+SPAM_ANSWERS = [spam(s) for s in ("scored:-5", "scored:3", "scored:6", "scored:30",
+                                    "scored:1000", "error", "skipped", "disabled")]
+
+
+def case_policy(case: dict[str, Any]) -> RecipientPolicy:
+    section = from_mapping({"policy": case.get("config", {})}).policy
+    return RecipientPolicy.of(section, case.get("recipient", "rcpt@example.org")).overridden(
+        {k: validate_override(k, v) for k, v in case.get("policy", {}).items()})
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_settled_before_spam_means_no_spam_answer_changes_the_decision(
+        case: dict[str, Any]) -> None:
+    """The filter drops spamd's request when settled_before_spam holds for every recipient:
+    for each case of the table, it must hold only if every answer spamd could give leads to
+    the same decision, and it must hold for every virus or banned reject or discard and
+    every virus or content tempfail."""
+    policy, found = case_policy(case), sender(case.get("sender"))
+    scan = ScanResult(virus(case["virus"]), spam(case["spam"]), content(case.get("content", {})))
+    outcomes = {(d.action, d.category, d.reply, d.add_headers, d.subject_tag)
+                for d in (decide(ScanResult(scan.virus, answer, scan.content), policy, "x",
+                                 found) for answer in SPAM_ANSWERS)}
+    settled = settled_before_spam(scan, policy)
+    if settled:
+        assert len(outcomes) == 1
+    decision = decide(scan, policy, "x", found)
+    if (decision.action is not Action.DELIVER and decision.category in (
+            Category.VIRUS, Category.BANNED)) or (
+            decision.action is Action.TEMPFAIL and scan.spam.status is not Status.ERROR):
+        assert settled
 
 
 def test_folded_status_lines_stay_short() -> None:

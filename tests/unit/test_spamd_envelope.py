@@ -187,3 +187,44 @@ async def test_requests_past_max_connections_wait_and_a_timed_out_one_never_reac
                                        for n in range(2)))
         assert [r.status for r in again] == [Status.SCORED, Status.SCORED]
         assert connected == 3
+
+
+async def test_a_cancelled_request_never_sent_is_dropped_and_one_sent_keeps_its_slot() -> None:
+    """The filter stops waiting for spamd when the virus result settles every recipient. A
+    request still waiting for a connection then never reaches spamd; one already sent is
+    spamd's work until it answers, so its slot stays taken until then (max_connections
+    counts spamd's work, not the filter's patience)."""
+    connected = 0
+    release = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connected
+        connected += 1
+        await reader.read()
+        await release.wait()
+        writer.write(REPLY)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        spamd = SpamdScanner(from_mapping({"spamassassin": {
+            "address": f"127.0.0.1:{port}", "max_connections": 1,
+            "timeout": "5s"}}).spamassassin)
+        sent = asyncio.create_task(spamd.check(MESSAGE, "s@example.net"))
+        await asyncio.sleep(0.1)
+        queued = asyncio.create_task(spamd.check(MESSAGE, "q@example.net"))
+        await asyncio.sleep(0.1)
+        queued.cancel()
+        sent.cancel()
+        for task in (queued, sent):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert connected == 1  # the queued one never connected
+        after = asyncio.create_task(spamd.check(MESSAGE, "a@example.net"))
+        await asyncio.sleep(0.2)
+        assert not after.done() and connected == 1  # the abandoned request holds the slot
+        release.set()
+        assert (await after).status is Status.SCORED
+        assert connected == 2
