@@ -590,6 +590,48 @@ def ratio_rows(cells: list[Cell]) -> list[tuple[str, ...]]:
 
 RATIO_HEADER = ("mode", "sessions", "size", "vs amavisd-new", "vs FuGlu", "vs scanners alone")
 
+# Issue 17's targets: lmtpfilter's msg/s over the better of amavisd-new and FuGlu measured in
+# the same run, by mode; with SpamAssassin also over amavisd-new alone and over spamd driven
+# alone; the filter's own CPU per 10 KB message with no checks; each process's peak RSS.
+RATE_TARGETS = {"none": 5.0, "clamav": 3.0}
+SPAM_TARGETS = (("amavisd", 1.0, "amavisd-new"), ("direct", 0.95, "scanners alone"))
+CPU_TARGET_MS = 1.4
+RSS_TARGET_MB = 80
+TARGET_HEADER = ("target", "mode", "sessions", "size", "measured", "met")
+
+
+def target_rows(cells: list[Cell]) -> list[tuple[str, ...]]:
+    """One row per target and lmtpfilter cell it applies to; a target whose other product was
+    not measured in this run is left out, not guessed."""
+    by_key = {(c.product, c.mode, c.sessions, c.size_kb): c for c in cells}
+    out: list[tuple[str, ...]] = []
+
+    def add(target: str, c: Cell, measured: str, met: bool) -> None:
+        out.append((target, MODE_NAMES[c.mode], str(c.sessions), f"{c.size_kb} KB", measured,
+                    "yes" if met else "no"))
+    for c in cells:
+        if c.product != "lmtpfilter":
+            continue
+        rivals = [o.rate for name in ("amavisd", "fuglu")
+                  if (o := by_key.get((name, c.mode, c.sessions, c.size_kb))) and o.rate]
+        if c.mode in RATE_TARGETS and rivals:
+            ratio = c.rate / max(rivals)
+            add(f">= {RATE_TARGETS[c.mode]:g} x the better of amavisd-new and FuGlu", c,
+                f"{ratio:.2f} x", ratio >= RATE_TARGETS[c.mode])
+        if c.mode == "full":
+            for name, want, label in SPAM_TARGETS:
+                o = by_key.get((name, c.mode, c.sessions, c.size_kb))
+                if o and o.rate:
+                    add(f">= {want:g} x {label}", c, f"{c.rate / o.rate:.2f} x",
+                        c.rate / o.rate >= want)
+        if c.mode == "none" and c.size_kb == 10 and c.cpu_filter_ms == c.cpu_filter_ms:
+            add(f"filter CPU <= {CPU_TARGET_MS:g} ms/msg", c, f"{c.cpu_filter_ms:.2f} ms",
+                c.cpu_filter_ms <= CPU_TARGET_MS)
+        if c.rss_one == c.rss_one:
+            add(f"peak RSS per process < {RSS_TARGET_MB} MB", c, f"{c.rss_one:.0f} MB",
+                c.rss_one < RSS_TARGET_MB)
+    return out
+
 
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool,
                 out: TextIO = sys.stdout) -> None:
@@ -660,6 +702,9 @@ def main() -> int:
     print()
     print("lmtpfilter's msg/s divided by the others':")
     print_table(RATIO_HEADER, ratio_rows(cells), markdown=False)
+    print()
+    print("Targets (issue 17):")
+    print_table(TARGET_HEADER, target_rows(cells), markdown=False)
     if args.markdown:
         with args.markdown.open("w") as out:
             print(f"Measured {time.strftime('%Y-%m-%d')} on {machine()}"
@@ -668,6 +713,8 @@ def main() -> int:
             print_table(HEADER, [row(c) for c in cells], markdown=True, out=out)
             print("\nlmtpfilter's msg/s divided by the others':\n", file=out)
             print_table(RATIO_HEADER, ratio_rows(cells), markdown=True, out=out)
+            print("\nTargets (issue 17):\n", file=out)
+            print_table(TARGET_HEADER, target_rows(cells), markdown=True, out=out)
     return 0
 
 
