@@ -455,8 +455,10 @@ class Spamd(_Pausable):
             _wait_session_reaped(self._proc.pid, SPAMD_ZOMBIE_WAIT)
 
 
-def start_spamd(base: Path, *, port: int | None = None, children: int = 2) -> Spamd:
-    """Start spamd in ``base/spamd`` on 127.0.0.1:port with exactly ``children`` children."""
+def start_spamd(base: Path, *, port: int | None = None, children: int = 2,
+                local_cf: str = SPAMD_LOCAL_CF) -> Spamd:
+    """Start spamd in ``base/spamd`` on 127.0.0.1:port with exactly ``children`` children,
+    with ``local_cf`` as its site's local.cf (bench/spamd_cost.py compares site configs)."""
     d = _instance_dir(base, "spamd")
     port = port or free_port()
     site, home = d / "site", d / "home"
@@ -465,7 +467,7 @@ def start_spamd(base: Path, *, port: int | None = None, children: int = 2) -> Sp
     shutil.chown(home, user=SPAMD_USER)
     for pre in sorted(Path("/etc/spamassassin").glob("*.pre")):
         shutil.copy(pre, site / pre.name)
-    (site / "local.cf").write_text(SPAMD_LOCAL_CF)
+    (site / "local.cf").write_text(local_cf)
     (site / "lmtpfilter-tests.cf").write_text(SPAMD_TEST_CF)
     (d / "spamd.pid").unlink(missing_ok=True)
     args = [
