@@ -263,13 +263,13 @@ class Running:
     errors: Callable[[], list[str]] = field(default=lambda: [])
 
 
-def _popen(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def popen_logged(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                                 start_new_session=True)
 
 
-def _terminate(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout)
@@ -302,11 +302,27 @@ def wait_up(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"nothing answers on {port}: " + log.read_text(errors="replace")[-2000:])
 
 
-def _log_errors(log: Path, words: tuple[str, ...]) -> Callable[[], list[str]]:
+def log_errors(log: Path, words: tuple[str, ...]) -> Callable[[], list[str]]:
     def errors() -> list[str]:
         text = log.read_text(errors="replace") if log.exists() else ""
         return [line for line in text.splitlines() if any(w in line for w in words)][:3]
     return errors
+
+
+def launch_lmtpfilter(config: dict[str, dict[str, object]], d: Path, port: int
+                      ) -> tuple[subprocess.Popen[bytes], Path]:
+    """Check `config`, write it to `d`, migrate its database, start `lmtpfilter serve` on it
+    and wait for its banner on `port`: the process and its log."""
+    from_mapping(config)  # fails here, not in the child, if the table is wrong
+    toml = d / "lmtpfilter.toml"
+    toml.write_text(render_toml(config))
+    subprocess.run([sys.executable, "-m", "lmtpfilter", "db", "upgrade", "-c", str(toml)],
+                   check=True, capture_output=True)
+    log = d / "lmtpfilter.log"
+    proc = popen_logged([sys.executable, "-m", "lmtpfilter", "serve", "-c", str(toml),
+                         "--log-level", "WARNING"], log)
+    wait_up(port, proc, log)
+    return proc, log
 
 
 def start_lmtpfilter(env: Env, mode: str) -> Running:
@@ -325,17 +341,9 @@ def start_lmtpfilter(env: Env, mode: str) -> Running:
         "database": {"url": f"sqlite:///{d}/verdicts.db"},
         "quarantine": {"directory": f"{d}/quarantine"},
     }
-    from_mapping(config)  # fails here, not in the child, if the table above is wrong
-    toml = d / "lmtpfilter.toml"
-    toml.write_text(render_toml(config))
-    subprocess.run([sys.executable, "-m", "lmtpfilter", "db", "upgrade", "-c", str(toml)],
-                   check=True, capture_output=True)
-    log = d / "lmtpfilter.log"
-    proc = _popen([sys.executable, "-m", "lmtpfilter", "serve", "-c", str(toml),
-                   "--log-level", "WARNING"], log)
-    wait_up(port, proc, log)
-    return Running(port, True, True, [proc.pid], lambda: _terminate(proc),
-                   _log_errors(log, ("ERROR", "Traceback")))
+    proc, log = launch_lmtpfilter(config, d, port)
+    return Running(port, True, True, [proc.pid], lambda: terminate(proc),
+                   log_errors(log, ("ERROR", "Traceback")))
 
 
 AMAVISD_AV = """\
@@ -401,10 +409,10 @@ def start_amavisd(env: Env, mode: str) -> Running:
     conf = d / "amavisd.conf"
     conf.write_text(amavisd_config(home, port, env, mode))
     log = d / "amavisd.out"
-    proc = _popen(["/usr/sbin/amavisd", "-c", str(conf), "foreground"], log, cwd=home)
+    proc = popen_logged(["/usr/sbin/amavisd", "-c", str(conf), "foreground"], log, cwd=home)
     wait_up(port, proc, log)
-    return Running(port, True, True, [proc.pid], lambda: _terminate(proc),
-                   _log_errors(home / "amavis.log", ("(!)", "TROUBLE", "FAILED")))
+    return Running(port, True, True, [proc.pid], lambda: terminate(proc),
+                   log_errors(home / "amavis.log", ("(!)", "TROUBLE", "FAILED")))
 
 
 FUGLU_PLUGINS = {"none": "", "clamav": "clamav", "full": "clamav,spamassassin"}
@@ -475,12 +483,12 @@ def start_fuglu(env: Env, mode: str) -> Running:
     logconf.write_text(FUGLU_LOGGING.format(log=log))
     log.touch()
     shutil.chown(log, user="nobody", group="nogroup")
-    proc = _popen([str(FUGLU_VENV / "bin" / "python"), "-m", "fuglu", "-f", "-c", str(conf),
+    proc = popen_logged([str(FUGLU_VENV / "bin" / "python"), "-m", "fuglu", "-f", "-c", str(conf),
                    "--logconfig", str(logconf), "--pidfile", str(d / "fuglu.pid"),
                    "--baseloglevel", "ERROR"], d / "fuglu.out", cwd=d)
     wait_up(port, proc, d / "fuglu.out")
-    return Running(port, False, False, [proc.pid], lambda: _terminate(proc),
-                   _log_errors(log, ("ERROR", "Traceback")))
+    return Running(port, False, False, [proc.pid], lambda: terminate(proc),
+                   log_errors(log, ("ERROR", "Traceback")))
 
 
 STARTERS = {"lmtpfilter": start_lmtpfilter, "amavisd": start_amavisd, "fuglu": start_fuglu}

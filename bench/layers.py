@@ -61,18 +61,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 from compare import (  # noqa: E402
     CLK_TCK,
     SENDER,
-    _log_errors,
-    _popen,
-    _terminate,
+    launch_lmtpfilter,
+    log_errors,
     machine,
     settle,
     smtp_source,
+    terminate,
     tree,
-    wait_up,
 )
-from throughput import render_toml  # noqa: E402
 
-from lmtpfilter.config import from_mapping  # noqa: E402
 from tests.harness.daemons import free_port, short_tmpdir, start_smtp_sink  # noqa: E402
 from tests.harness.scanners import start_clamd  # noqa: E402
 
@@ -326,15 +323,7 @@ def start_filter(base: Path, mode: str, sink_port: int, clamd_socket: Path | Non
     }
     if clamd_socket is not None:
         config["clamav"]["address"] = f"unix:{clamd_socket}"
-    from_mapping(config)  # fails here, not in the child, if the table above is wrong
-    toml = d / "lmtpfilter.toml"
-    toml.write_text(render_toml(config))
-    subprocess.run([sys.executable, "-m", "lmtpfilter", "db", "upgrade", "-c", str(toml)],
-                   check=True, capture_output=True)
-    log = d / "lmtpfilter.log"
-    proc = _popen([sys.executable, "-m", "lmtpfilter", "serve", "-c", str(toml),
-                   "--log-level", "WARNING"], log)
-    wait_up(port, proc, log)
+    proc, log = launch_lmtpfilter(config, d, port)
     return proc, port, d / "verdicts.db", log
 
 
@@ -432,9 +421,9 @@ def run(mode: str, seconds: float, quick: bool, raw_dir: Path | None) -> Result:
             profile=str(raw) if raw_dir else None)
     finally:
         if proc is not None:
-            _terminate(proc)
+            terminate(proc)
             if log is not None:
-                for line in _log_errors(log, ("ERROR", "Traceback"))():
+                for line in log_errors(log, ("ERROR", "Traceback"))():
                     print(f"  lmtpfilter logged: {line}", flush=True)
         for daemon in reversed(daemons):
             daemon.stop()  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ User: header when `[spamassassin] user` is set; the message itself goes as its o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -149,28 +150,40 @@ async def test_the_filter_stage_passes_the_envelope_sender(fake: FakeDownstream)
         "s@example.net", ""]
 
 
+@dataclass
+class HeldSpamd:
+    """A spamd that reads each request and answers only once `release` is set: busy."""
+
+    connected: int = 0
+    port: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                       ) -> None:
+        self.connected += 1
+        await reader.read()
+        await self.release.wait()
+        writer.write(REPLY)
+        await writer.drain()
+        writer.close()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        async with server:
+            yield
+
+
 async def test_requests_past_max_connections_wait_and_a_timed_out_one_never_reaches_spamd(
         ) -> None:
     """spamd scans a request queued in its listen backlog even after we gave up on it; so
     the filter keeps at most max_connections open, and one that waited past the timeout is
     never sent (found by bench/soak.py: spamd stopped for a while never caught up)."""
-    connected = 0
-    release = asyncio.Event()
-
-    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connected
-        connected += 1
-        await reader.read()
-        await release.wait()
-        writer.write(REPLY)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(slow, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
+    held = HeldSpamd()
+    async with held.serving():
         spamd = SpamdScanner(from_mapping({"spamassassin": {
-            "address": f"127.0.0.1:{port}", "max_connections": 1,
+            "address": f"127.0.0.1:{held.port}", "max_connections": 1,
             "timeout": "5s"}}).spamassassin)
         first = asyncio.create_task(spamd.check(MESSAGE, "s@example.net"))
         await asyncio.sleep(0.1)
@@ -180,13 +193,13 @@ async def test_requests_past_max_connections_wait_and_a_timed_out_one_never_reac
         assert [r.status for r in waiting] == [Status.ERROR, Status.ERROR]
         assert all(r.error == "spamd busy: no free connection in 0.3s (max_connections = 1)"
                    for r in waiting)
-        assert connected == 1  # they waited for the slot, never for spamd
-        release.set()
+        assert held.connected == 1  # they waited for the slot, never for spamd
+        held.release.set()
         assert (await first).status is Status.SCORED
         again = await asyncio.gather(*(spamd.check(MESSAGE, f"{n}@example.net")
                                        for n in range(2)))
         assert [r.status for r in again] == [Status.SCORED, Status.SCORED]
-        assert connected == 3
+        assert held.connected == 3
 
 
 async def test_a_cancelled_request_never_sent_is_dropped_and_one_sent_keeps_its_slot() -> None:
@@ -194,23 +207,10 @@ async def test_a_cancelled_request_never_sent_is_dropped_and_one_sent_keeps_its_
     request still waiting for a connection then never reaches spamd; one already sent is
     spamd's work until it answers, so its slot stays taken until then (max_connections
     counts spamd's work, not the filter's patience)."""
-    connected = 0
-    release = asyncio.Event()
-
-    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connected
-        connected += 1
-        await reader.read()
-        await release.wait()
-        writer.write(REPLY)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(slow, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
+    held = HeldSpamd()
+    async with held.serving():
         spamd = SpamdScanner(from_mapping({"spamassassin": {
-            "address": f"127.0.0.1:{port}", "max_connections": 1,
+            "address": f"127.0.0.1:{held.port}", "max_connections": 1,
             "timeout": "5s"}}).spamassassin)
         sent = asyncio.create_task(spamd.check(MESSAGE, "s@example.net"))
         await asyncio.sleep(0.1)
@@ -221,10 +221,10 @@ async def test_a_cancelled_request_never_sent_is_dropped_and_one_sent_keeps_its_
         for task in (queued, sent):
             with pytest.raises(asyncio.CancelledError):
                 await task
-        assert connected == 1  # the queued one never connected
+        assert held.connected == 1  # the queued one never connected
         after = asyncio.create_task(spamd.check(MESSAGE, "a@example.net"))
         await asyncio.sleep(0.2)
-        assert not after.done() and connected == 1  # the abandoned request holds the slot
-        release.set()
+        assert not after.done() and held.connected == 1  # the abandoned request holds the slot
+        held.release.set()
         assert (await after).status is Status.SCORED
-        assert connected == 2
+        assert held.connected == 2
