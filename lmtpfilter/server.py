@@ -34,6 +34,7 @@ import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
 
 from .config import Config
 from .lmtp_server import (
@@ -90,8 +91,9 @@ class LMTPSession(asyncio.Protocol):
 
     # ---- connection ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream server's transport: asyncio.Transport's methods, though another event loop's
+        # (uvloop's) need not subclass it, so no isinstance check.
+        self.transport = transport = cast(asyncio.Transport, transport)
         self.peer = _peer_of(transport)
         if not self.app.admit(self):
             # Instead of the greeting (RFC 5321 3.1); the client comes back later.
