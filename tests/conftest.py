@@ -175,6 +175,8 @@ def filter_process(daemon_base: Path) -> Iterator[type[FilterProcess]]:
     started: list[FilterProcess] = []
 
     class Tracked(FilterProcess):
+        processes = started  # for pytest_runtest_makereport: their logs go with a failure
+
         def start(self) -> FilterProcess:
             started.append(self)
             return super().start()
@@ -183,6 +185,20 @@ def filter_process(daemon_base: Path) -> Iterator[type[FilterProcess]]:
     for p in started:
         if p.proc is not None and p.proc.poll() is None:
             p.stop(signal.SIGKILL)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    """A failed test that started lmtpfilter processes shows the end of their logs: the
+    filter runs in a subprocess, so its log is otherwise lost with the test's directory."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    factory = getattr(item, "funcargs", {}).get("filter_process")
+    if report.failed and factory is not None:
+        for process in getattr(factory, "processes", []):
+            report.sections.append((f"lmtpfilter log {process.log_path}",
+                                    process.log()[-6000:]))
 
 
 def filter_config(downstream: str, listen: list[str], **extra: str) -> str:
