@@ -32,9 +32,10 @@ import os
 import secrets
 import socket
 import stat
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
 from .config import Config
 from .lmtp_server import (
@@ -327,9 +328,16 @@ class FilterServer:
         if sockets is None:
             sockets = [bind(a, self.config.server.socket_mode)
                        for a in self.config.server.listen]
+        # Python 3.13's loop removes a unix socket's file when its server closes. The file is
+        # the supervisor's, shared by every worker (a retiring one closes its server while
+        # the others go on): only the process that bound it removes it (unlink_sockets).
+        # uvloop's loop never removes it and does not take the option.
+        keep_file: dict[str, Any] = (
+            {"cleanup_socket": False}
+            if sys.version_info >= (3, 13) and isinstance(loop, asyncio.BaseEventLoop) else {})
         for sock in sockets:
             if sock.family == socket.AF_UNIX:
-                srv = await loop.create_unix_server(self._factory, sock=sock)
+                srv = await loop.create_unix_server(self._factory, sock=sock, **keep_file)
             else:
                 srv = await loop.create_server(self._factory, sock=sock)
             self._servers.append(srv)

@@ -4,8 +4,16 @@ compare.py measures lmtpfilter on uvloop (issue 17 item 3); this keeps it workin
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+from pathlib import Path
+
 import pytest
 
+from lmtpfilter.options import Address
+from lmtpfilter.pipeline import Transaction
+from lmtpfilter.reply import Reply
+from lmtpfilter.server import FilterServer, bind
 from tests.lmtp_tools import (
     FakeDownstream,
     SessionResult,
@@ -41,3 +49,27 @@ def test_a_whole_session_on_uvloop() -> None:
     assert [r[:3] for r in result.data_replies] == ["250", "250"]
     [data] = delivered
     assert data.endswith(MESSAGE) and data.startswith(b"Received: ")
+
+
+def test_a_closed_server_leaves_the_unix_socket_file_to_its_owner() -> None:
+    """A worker shares the supervisor's unix socket: when it closes its server (it retires,
+    [server] worker_max_messages) the file must stay for the other workers. Python 3.13's
+    loop removes it by default (found on Debian 13, where the next client got ENOENT); on
+    both loops and every Python the file stays until the supervisor unlinks it."""
+    for new_loop in (asyncio.new_event_loop, uvloop.new_event_loop):
+        with tempfile.TemporaryDirectory(prefix="lmtpf-sock-") as tmp:
+            path = Path(tmp) / "lmtp.sock"
+            sock = bind(Address(path=str(path)), 0o600)
+            server = FilterServer(make_config("127.0.0.1:1"), refuse_all, unlink_on_shutdown=False)
+            loop = new_loop()
+            try:
+                loop.run_until_complete(server.start([sock]))
+                loop.run_until_complete(server.shutdown(0.1))
+            finally:
+                loop.close()
+            assert path.exists(), new_loop
+            sock.close()
+
+
+async def refuse_all(tx: Transaction) -> list[Reply]:
+    raise AssertionError("no message is sent here")
