@@ -32,7 +32,6 @@ import os
 import secrets
 import socket
 import stat
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -328,16 +327,9 @@ class FilterServer:
         if sockets is None:
             sockets = [bind(a, self.config.server.socket_mode)
                        for a in self.config.server.listen]
-        # Python 3.13's loop removes a unix socket's file when its server closes. The file is
-        # the supervisor's, shared by every worker (a retiring one closes its server while
-        # the others go on): only the process that bound it removes it (unlink_sockets).
-        # uvloop's loop never removes it and does not take the option.
-        keep_file: dict[str, Any] = (
-            {"cleanup_socket": False}
-            if sys.version_info >= (3, 13) and isinstance(loop, asyncio.BaseEventLoop) else {})
         for sock in sockets:
             if sock.family == socket.AF_UNIX:
-                srv = await loop.create_unix_server(self._factory, sock=sock, **keep_file)
+                srv = await _unix_server(loop, self._factory, sock)
             else:
                 srv = await loop.create_server(self._factory, sock=sock)
             self._servers.append(srv)
@@ -362,6 +354,21 @@ class FilterServer:
             await srv.wait_closed()
         if self.unlink_on_shutdown:
             unlink_sockets(self.config.server.listen)
+
+
+async def _unix_server(loop: asyncio.AbstractEventLoop,
+                       factory: Callable[[], asyncio.Protocol], sock: socket.socket
+                       ) -> asyncio.Server:
+    """A server on a bound unix socket that leaves the socket's file alone when it closes.
+
+    Python 3.13's loop and recent uvloop remove the file by default (cleanup_socket). The file
+    is the supervisor's, shared by every worker, and a worker that retires closes its server
+    while the others go on: only the process that bound it removes it (unlink_sockets)."""
+    keep_file: dict[str, Any] = {"cleanup_socket": False}
+    try:
+        return await loop.create_unix_server(factory, sock=sock, **keep_file)
+    except TypeError:  # a loop older than the option (Python 3.11's): it never removes it
+        return await loop.create_unix_server(factory, sock=sock)
 
 
 def bind(address: Address, mode: int) -> socket.socket:

@@ -54,8 +54,9 @@ def test_a_whole_session_on_uvloop() -> None:
 def test_a_closed_server_leaves_the_unix_socket_file_to_its_owner() -> None:
     """A worker shares the supervisor's unix socket: when it closes its server (it retires,
     [server] worker_max_messages) the file must stay for the other workers. Python 3.13's
-    loop removes it by default (found on Debian 13, where the next client got ENOENT); on
-    both loops and every Python the file stays until the supervisor unlinks it."""
+    loop and recent uvloop's remove it by default (found on Debian 13, where the next client
+    got ENOENT); on both loops and every Python the file stays until the supervisor unlinks
+    it."""
     for new_loop in (asyncio.new_event_loop, uvloop.new_event_loop):
         with tempfile.TemporaryDirectory(prefix="lmtpf-sock-") as tmp:
             path = Path(tmp) / "lmtp.sock"
