@@ -261,6 +261,9 @@ def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
     except LogSetupError as exc:
         raise CliError(str(exc)) from None
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from .allocator import fix_mmap_threshold
+
+    fix_mmap_threshold()  # before the workers fork: they inherit it
     metrics_dir = _metrics_dir(config)
     try:
         from .server import bind, unlink_sockets
