@@ -37,9 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from compare import launch_lmtpfilter, machine, terminate  # noqa: E402
+from compare import machine, terminate  # noqa: E402
+from layers import start_filter  # noqa: E402
 
-from tests.harness.daemons import free_port, short_tmpdir, start_smtp_sink  # noqa: E402
+from tests.harness.daemons import short_tmpdir, start_smtp_sink  # noqa: E402
 
 CYCLE = (  # (sessions, messages, size, recipients)
     (16, 1500, 10_240, 2),
@@ -64,22 +65,13 @@ def send(port: int, sessions: int, messages: int, size: int, recipients: int) ->
 
 def start(base: Path, name: str, sink_port: int, env: dict[str, str]
           ) -> tuple[subprocess.Popen[bytes], int]:
-    d = base / name
-    d.mkdir()
-    port = free_port()
-    config: dict[str, dict[str, object]] = {
-        "server": {"listen": [f"127.0.0.1:{port}"], "hostname": "bench.example",
-                   "workers": 1},
-        "downstream": {"address": f"127.0.0.1:{sink_port}", "max_idle_connections": 32},
-        "clamav": {"enabled": False},
-        "spamassassin": {"enabled": False},
-        "database": {"url": f"sqlite:///{d}/verdicts.db"},
-        "quarantine": {"directory": f"{d}/quarantine"},
-    }
+    """One lmtpfilter process as bench/layers.py starts it (workers = 1, no scanners), with
+    `env` added to its environment."""
+    (base / name).mkdir()
     saved = dict(os.environ)
     os.environ.update(env)  # glibc reads its tunables when the process starts
     try:
-        proc, _log = launch_lmtpfilter(config, d, port)
+        proc, port, _db, _log = start_filter(base / name, "none", sink_port, None)
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -140,6 +132,9 @@ def main() -> int:
     for name, series in samples.items():
         warm = [kb for t, kb in series if warm_end - 20 <= t <= warm_end + 20]
         last = [kb for t, kb in series if t >= end_from]
+        if not warm or not last:
+            print(f"| {name} | too short a run to tell | | | |")
+            continue
         w, e = statistics.median(warm) / 1024, statistics.median(last) / 1024
         peak = max(kb for _t, kb in series) / 1024
         print(f"| {name} | {w:.1f} | {e:.1f} | {peak:.1f} | {100 * (e - w) / w:+.1f}% |")
