@@ -343,7 +343,10 @@ def instance_config(d: Path, name: str, port: int, sink: SmtpSink, database_url:
                     workers: int) -> dict[str, dict[str, object]]:
     return {
         "server": {"listen": [f"{LOOPBACK}:{port}"], "hostname": f"filter-{name}.bench",
-                   "workers": workers},
+                   "workers": workers,
+                   # smtp-source takes a retiring worker's 421 as fatal (Postfix retries);
+                   # recycling is for long runs, not for a measurement
+                   "worker_max_messages": 0},
         "downstream": {"address": f"{LOOPBACK}:{sink.port}", "max_idle_connections": 32},
         "clamav": {"enabled": False},
         "spamassassin": {"enabled": False},

@@ -339,7 +339,10 @@ def start_lmtpfilter(env: Env, mode: str, loop: str = "asyncio") -> Running:
     port = free_port()
     config: dict[str, dict[str, object]] = {
         "server": {"listen": [f"127.0.0.1:{port}"], "hostname": "bench.example",
-                   "workers": CPUS},
+                   "workers": CPUS,
+                   # smtp-source takes a retiring worker's 421 as fatal (Postfix retries);
+                   # recycling is for long runs, not for a measurement
+                   "worker_max_messages": 0},
         "downstream": {"address": f"127.0.0.1:{env.lmtp_sink}", "max_idle_connections": 32},
         "clamav": {"enabled": mode != "none",
                    "address": f"unix:{env.clamd.socket_path}"},
