@@ -140,9 +140,6 @@ class FilterStage:
             if self.content is not None and message is not None else None
         if spam is not None and spam_unneeded is not None and (virus or content):
             return await self._scan_spam_while_deciding(virus, spam, content, spam_unneeded)
-        if virus and spam and content is None:
-            v, s = await asyncio.gather(virus, spam)
-            return ScanResult(v, s)
         results = await asyncio.gather(*(c for c in (virus, spam, content) if c is not None))
         found = iter(results)
         return ScanResult(next(found) if virus else VirusResult(Status.DISABLED),  # type: ignore[arg-type]
@@ -163,7 +160,21 @@ class FilterStage:
         virus_task = asyncio.ensure_future(virus) if virus else None
         content_task = asyncio.ensure_future(content) if content else None
         spam_task = asyncio.ensure_future(spam)
-        others = {t for t in (virus_task, content_task) if t is not None}
+        try:
+            return await FilterStage._collect(virus_task, spam_task, content_task,
+                                              spam_unneeded)
+        except BaseException:  # cancelled (shutdown, a timeout): so are the scans, as gather's
+            for task in (virus_task, spam_task, content_task):
+                if task is not None:
+                    task.cancel()
+            raise
+
+    @staticmethod
+    async def _collect(virus_task: asyncio.Future[VirusResult] | None,
+                       spam_task: asyncio.Future[SpamResult],
+                       content_task: asyncio.Future[ContentResult] | None,
+                       spam_unneeded: Callable[[ScanResult], bool]) -> ScanResult:
+        others: set[asyncio.Future[Any]] = {t for t in (virus_task, content_task) if t}
         spam_result: SpamResult | None = None
         while others and spam_result is None:
             done, _ = await asyncio.wait({*others, spam_task},

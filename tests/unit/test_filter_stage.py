@@ -277,3 +277,31 @@ async def test_database_unavailable_means_4xx_and_nothing_delivered(
         store.close()
     assert [r[:9] for r in result.data_replies] == ["451 4.3.0"] * 2
     assert fake.transactions == []
+
+
+class ClamdNeverAnswers:
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    async def scan(self, data: bytes) -> VirusResult:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        raise AssertionError("unreachable")
+
+
+async def test_a_cancelled_scan_cancels_the_scanners_it_started() -> None:
+    """A transaction cut short (shutdown, its timeout) leaves no scan running, as gather did
+    before spamd's answer could be dropped."""
+    clamd, spamd = ClamdNeverAnswers(), SpamdNeverAnswers()
+    stage = FilterStage(Policies(), clamd, spamd, "x")
+    scan = asyncio.ensure_future(stage.scan(HAM, "s@example.net", True, True,
+                                            spam_unneeded=lambda _partial: False))
+    await asyncio.sleep(0.05)
+    scan.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await scan
+    await asyncio.sleep(0)
+    assert (clamd.cancelled, spamd.cancelled) == (1, 1)
