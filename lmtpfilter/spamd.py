@@ -105,7 +105,8 @@ class SpamdScanner:
     def __init__(self, config: SpamassassinConfig) -> None:
         self.config = config
         self._slots: asyncio.Semaphore | None = None
-        # Requests whose caller stopped waiting: held here until spamd answers them.
+        # Every request sent, until spamd answers it: a strong reference, so that one whose
+        # caller stopped waiting is not collected mid-flight (asyncio keeps only weak ones).
         self._in_flight: set[asyncio.Future[SpamResult]] = set()
 
     async def check(self, data: bytes, envelope_sender: str) -> SpamResult:
