@@ -20,7 +20,6 @@ other than glibc nothing is done.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import platform
@@ -36,7 +35,7 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the process's own symbols: glibc's, already loaded
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
     except (OSError, AttributeError):
         log.warning("could not set glibc's mmap threshold; worker memory may creep after "
