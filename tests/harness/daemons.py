@@ -30,6 +30,7 @@ import contextlib
 import grp
 import os
 import pwd
+import re
 import shutil
 import signal
 import smtplib
@@ -226,6 +227,19 @@ def _backdate(paths: Sequence[Path], seconds: float = 10.0) -> None:
 # --------------------------------------------------------------------------- LMTP client
 
 
+
+_MAILDIR_TIME = re.compile(r"(\d+)\.M(\d+)")
+
+
+def _delivery_order(name: str) -> tuple[int, int, str]:
+    """Maildir names start with the delivery time, "<seconds>.M<microseconds>P...", but
+    Dovecot does not pad the microseconds: sorted as text, M99999 would follow M100000 of the
+    same second, and "the newest message" would be the wrong one."""
+    found = _MAILDIR_TIME.match(name)
+    if found is None:
+        return (0, 0, name)
+    return (int(found.group(1)), int(found.group(2)), name)
+
 class _LineReader:
     """Reads CRLF-terminated SMTP/LMTP reply lines from a socket."""
 
@@ -368,7 +382,7 @@ class Dovecot:
             d = root / sub
             if d.is_dir():
                 files.extend(p for p in d.iterdir() if p.is_file())
-        files.sort(key=lambda p: p.name)  # Maildir names start with the delivery time
+        files.sort(key=lambda p: _delivery_order(p.name))
         out: list[bytes] = []
         for p in files:
             try:

@@ -29,7 +29,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -279,7 +279,9 @@ def wait_text(driver: Browser, css: str, text: str, timeout: float = 15) -> str:
         shown = " ".join(e.text for e in d.find_elements(By.CSS_SELECTOR, css))
         return shown if text in shown else False
     try:
-        return str(WebDriverWait(driver, timeout).until(found))
+        # The page may be replaced between finding an element and reading its text.
+        return str(WebDriverWait(driver, timeout, ignored_exceptions=(
+            StaleElementReferenceException,)).until(found))
     except TimeoutException:
         raise AssertionError(f"{css} never said {text!r}:\n{driver.page_source}") from None
 
