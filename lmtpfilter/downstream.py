@@ -28,22 +28,31 @@ SLICE = 256 * 1024
 async def write_all(writer: asyncio.StreamWriter, buffers: Sequence[bytes | bytearray |
                                                                    memoryview]) -> None:
     """Write buffers in slices, waiting for the socket between them: the transport never
-    holds a copy of a big message (writelines() would join everything into one)."""
+    holds a copy of a big message (writelines() would join everything into one).
+
+    A connection the server has closed raises ConnectionResetError, on every event loop:
+    asyncio's transport drops what is written to it, uvloop's raises RuntimeError."""
     small: list[bytes | bytearray | memoryview] = []
     for buf in buffers:
         if len(buf) <= SLICE:
             small.append(buf)
             continue
         if small:
-            writer.write(b"".join(small))
+            _write(writer, b"".join(small))
             small = []
         view = memoryview(buf)
         for offset in range(0, len(view), SLICE):
-            writer.write(view[offset: offset + SLICE])
+            _write(writer, view[offset: offset + SLICE])
             await writer.drain()
     if small:
-        writer.write(b"".join(small))
+        _write(writer, b"".join(small))
     await writer.drain()
+
+
+def _write(writer: asyncio.StreamWriter, data: bytes | bytearray | memoryview) -> None:
+    if writer.is_closing():
+        raise ConnectionResetError("connection closed by the server")
+    writer.write(data)
 
 
 class _Connection:
@@ -96,7 +105,7 @@ class _Connection:
         return self.protocol.state is State.READY and not self.writer.is_closing()
 
     def close(self) -> None:
-        if self.protocol.state is State.READY:
+        if self.protocol.state is State.READY and not self.writer.is_closing():
             self.protocol.quit()
             for chunk in self.protocol.data_to_send():
                 self.writer.write(chunk)
