@@ -363,9 +363,12 @@ def _serve_one(config: cfg.Config, sockets: Any, metrics_sock: Any,
         import random
 
         limit += random.randint(0, limit // 10)
+    from .event_loop import loop_factory
+
     try:
-        asyncio.run(serve(config, services, sockets, owns_sockets=not worker,
-                          metrics_sock=metrics_sock, retire_after=limit))
+        with asyncio.Runner(loop_factory=loop_factory(config.server.event_loop)) as runner:
+            runner.run(serve(config, services, sockets, owns_sockets=not worker,
+                             metrics_sock=metrics_sock, retire_after=limit))
     except OSError as exc:
         raise CliError(str(exc)) from None
     finally:

@@ -333,7 +333,9 @@ class FilterServer:
             else:
                 srv = await loop.create_server(self._factory, sock=sock)
             self._servers.append(srv)
-        log.info("listening on %s", ", ".join(str(a) for a in self.config.server.listen))
+        log.info("listening on %s (event loop: %s)",
+                 ", ".join(str(a) for a in self.config.server.listen),
+                 type(loop).__module__.split(".")[0])  # "asyncio" or "uvloop"
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting; let transactions finish for up to `timeout`; 421 the rest."""

@@ -30,7 +30,7 @@ import os
 import re
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from hypothesis import event
 from hypothesis import strategies as st
@@ -42,6 +42,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from lmtpfilter.event_loop import loop_factory
 from lmtpfilter.lmtp_server import MAX_UNKNOWN, _verb
 from lmtpfilter.smtp_syntax import SyntaxProblem, parse_path
 from tests.fuzz import profile
@@ -194,9 +195,12 @@ class Closed(Exception):
 
 
 class LMTPMachine(RuleBasedStateMachine):
+    # The event loop the server runs on ([server] event_loop): asyncio's here, uvloop's below.
+    EVENT_LOOP: ClassVar[str] = "asyncio"
+
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory(self.EVENT_LOOP)()
         self.capture = Capture()
         logging.getLogger("lmtpfilter").addHandler(self.capture)
         self.downstream = ScriptedDownstream()
@@ -520,3 +524,14 @@ class LMTPMachine(RuleBasedStateMachine):
 
 LMTPMachine.TestCase.settings = profile()
 TestLMTPServer = LMTPMachine.TestCase
+
+
+class LMTPMachineOnUvloop(LMTPMachine):
+    """The same sessions with the server on uvloop, whose transports fail differently (a
+    write to a closed one raises instead of being dropped)."""
+
+    EVENT_LOOP = "uvloop"
+
+
+LMTPMachineOnUvloop.TestCase.settings = profile()
+TestLMTPServerOnUvloop = LMTPMachineOnUvloop.TestCase

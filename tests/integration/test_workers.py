@@ -106,13 +106,18 @@ async def deliver_retrying(listen: str, n: int, subject: bytes) -> int:
     raise AssertionError(f"message {n} refused 10 times")
 
 
+# On both event loops ([server] event_loop): a retiring worker closes its server, which is
+# where Python 3.13's and uvloop's loops once removed the shared socket's file.
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 async def test_a_worker_retires_after_worker_max_messages_and_nothing_is_lost(
-        filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot) -> None:
+        filter_process: type[FilterProcess], daemon_base: Path, dovecot: Dovecot,
+        event_loop: str) -> None:
     workdir = new_workdir(daemon_base, "retire")
     listen = f"unix:{workdir}/lmtp.sock"
     proc = filter_process(workdir, filter_config(
         f"127.0.0.1:{dovecot.lmtp_port}", [listen],
-        server="workers = 2\nworker_max_messages = 10"), listen).start()
+        server=f'workers = 2\nworker_max_messages = 10\nevent_loop = "{event_loop}"'),
+        listen).start()
     assert proc.proc is not None
     first = wait_children(proc.proc.pid, 2)
     subject = f"retire-{os.getpid()}-{time.time_ns()}".encode()
@@ -128,6 +133,7 @@ async def test_a_worker_retires_after_worker_max_messages_and_nothing_is_lost(
     # to PER_USER), so 120 messages make at least 120 // (11 + PER_USER) retirements.
     assert log.count("; starting another") >= 120 // (11 + PER_USER)
     assert "died" not in log and "Traceback" not in log
+    assert f"(event loop: {event_loop})" in log
     assert re.search(r"retiring after 1[01] transactions \(\[server\] worker_max_messages\)",
                      log)
     now = wait_children(proc.proc.pid, 2)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lmtpfilter import event_loop
+from lmtpfilter.config import ConfigError, load
 from lmtpfilter.options import Address
 from lmtpfilter.pipeline import Transaction
 from lmtpfilter.reply import Reply
@@ -74,3 +76,18 @@ def test_a_closed_server_leaves_the_unix_socket_file_to_its_owner() -> None:
 
 async def refuse_all(tx: Transaction) -> list[Reply]:
     raise AssertionError("no message is sent here")
+
+
+def test_auto_takes_uvloop_where_it_is_installed_and_asyncio_elsewhere(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert event_loop.resolve("auto") == "uvloop"
+    assert event_loop.loop_factory("auto") is uvloop.new_event_loop
+    assert event_loop.loop_factory("asyncio") is asyncio.new_event_loop
+    monkeypatch.setattr(event_loop.importlib.util, "find_spec", lambda name: None)
+    assert event_loop.resolve("auto") == "asyncio"
+    assert event_loop.loop_factory("auto") is asyncio.new_event_loop
+    # Asked for by name where it is missing: check-config says so, in one line.
+    path = tmp_path / "lmtpfilter.toml"
+    path.write_text('[server]\nevent_loop = "uvloop"\n')
+    with pytest.raises(ConfigError, match=r'\[server\] event_loop: "uvloop" is not installed'):
+        load(path)
