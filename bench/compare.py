@@ -9,7 +9,8 @@ first. Everything runs on loopback in a temporary directory:
                                              '--> spamd (Debian's rules, local tests only)
 
 FILTER is, in turn:
-  lmtpfilter   LMTP in, LMTP out; [server].workers = CPUs; every verdict written to SQLite
+  lmtpfilter   LMTP in, LMTP out; [server].workers = CPUs; every verdict written to SQLite;
+               on asyncio's event loop ("lmtpfilter") and on uvloop's ("lmtpfilter-uvloop")
   amavisd-new  LMTP in, LMTP out; $max_servers = CPUs, its own config file (written here);
                SpamAssassin runs inside amavisd (that is how amavisd uses it), with the same
                rules and site config as spamd
@@ -31,7 +32,7 @@ Per cell:
   CPU total   the same plus clamd and spamd, per message
   RSS         the largest peak RSS of one filter process, and the peak sum of all of them
 
-    usage: python3 bench/compare.py [--products lmtpfilter,amavisd,fuglu,direct]
+    usage: python3 bench/compare.py [--products lmtpfilter,lmtpfilter-uvloop,amavisd,fuglu,direct]
                                     [--modes none,clamav,full] [--sessions 1,16]
                                     [--sizes 10,100] [--seconds 8] [--repeat 1]
                                     [--markdown FILE]
@@ -309,25 +310,17 @@ def log_errors(log: Path, words: tuple[str, ...]) -> Callable[[], list[str]]:
     return errors
 
 
-# `python -c` this instead of `-m lmtpfilter` to run lmtpfilter on uvloop's event loop: the
-# policy is installed before anything runs, and the forked workers' asyncio.run takes it.
-UVLOOP_MAIN = ("import runpy, uvloop; uvloop.install(); "
-               "runpy.run_module('lmtpfilter', run_name='__main__', alter_sys=True)")
-
-
-def launch_lmtpfilter(config: dict[str, dict[str, object]], d: Path, port: int,
-                      loop: str = "asyncio") -> tuple[subprocess.Popen[bytes], Path]:
+def launch_lmtpfilter(config: dict[str, dict[str, object]], d: Path,
+                      port: int) -> tuple[subprocess.Popen[bytes], Path]:
     """Check `config`, write it to `d`, migrate its database, start `lmtpfilter serve` on it
-    (on asyncio's own event loop or uvloop's) and wait for its banner on `port`: the process
-    and its log."""
+    and wait for its banner on `port`: the process and its log."""
     from_mapping(config)  # fails here, not in the child, if the table is wrong
     toml = d / "lmtpfilter.toml"
     toml.write_text(render_toml(config))
     subprocess.run([sys.executable, "-m", "lmtpfilter", "db", "upgrade", "-c", str(toml)],
                    check=True, capture_output=True)
     log = d / "lmtpfilter.log"
-    main = ["-c", UVLOOP_MAIN] if loop == "uvloop" else ["-m", "lmtpfilter"]
-    proc = popen_logged([sys.executable, *main, "serve", "-c", str(toml),
+    proc = popen_logged([sys.executable, "-m", "lmtpfilter", "serve", "-c", str(toml),
                          "--log-level", "WARNING"], log)
     wait_up(port, proc, log)
     return proc, log
@@ -342,7 +335,9 @@ def start_lmtpfilter(env: Env, mode: str, loop: str = "asyncio") -> Running:
                    "workers": CPUS,
                    # smtp-source takes a retiring worker's 421 as fatal (Postfix retries);
                    # recycling is for long runs, not for a measurement
-                   "worker_max_messages": 0},
+                   "worker_max_messages": 0,
+                   # named, not "auto": "lmtpfilter" is the asyncio baseline
+                   "event_loop": loop},
         "downstream": {"address": f"127.0.0.1:{env.lmtp_sink}", "max_idle_connections": 32},
         "clamav": {"enabled": mode != "none",
                    "address": f"unix:{env.clamd.socket_path}"},
@@ -352,7 +347,7 @@ def start_lmtpfilter(env: Env, mode: str, loop: str = "asyncio") -> Running:
         "database": {"url": f"sqlite:///{d}/verdicts.db"},
         "quarantine": {"directory": f"{d}/quarantine"},
     }
-    proc, log = launch_lmtpfilter(config, d, port, loop)
+    proc, log = launch_lmtpfilter(config, d, port)
     return Running(port, True, True, [proc.pid], lambda: terminate(proc),
                    log_errors(log, ("ERROR", "Traceback")))
 
@@ -506,8 +501,9 @@ def start_lmtpfilter_on_uvloop(env: Env, mode: str) -> Running:
     return start_lmtpfilter(env, mode, loop="uvloop")
 
 
-# "lmtpfilter-uvloop" (not in the default products) measures issue 17's question whether
-# uvloop's event loop is worth adopting: the same lmtpfilter, side by side, on each loop.
+# The same lmtpfilter on each event loop ([server] event_loop), side by side: "lmtpfilter" on
+# asyncio's own, "lmtpfilter-uvloop" on uvloop's (what "auto" takes where uvloop is installed,
+# as scripts/install.sh installs it).
 STARTERS = {"lmtpfilter": start_lmtpfilter, "lmtpfilter-uvloop": start_lmtpfilter_on_uvloop,
             "amavisd": start_amavisd, "fuglu": start_fuglu}
 LABELS = {"lmtpfilter": "lmtpfilter", "lmtpfilter-uvloop": "lmtpfilter on uvloop",
@@ -604,17 +600,20 @@ def ratio_rows(cells: list[Cell]) -> list[tuple[str, ...]]:
     by_key = {(c.product, c.mode, c.sessions, c.size_kb): c for c in cells}
     out = []
     for c in cells:
-        if c.product != "lmtpfilter":
+        if c.product not in OURS:
             continue
         others = []
         for other in ("amavisd", "fuglu", "direct"):
             o = by_key.get((other, c.mode, c.sessions, c.size_kb))
             others.append(f"{c.rate / o.rate:.2f}" if o and o.rate else "-")
-        out.append((MODE_NAMES[c.mode], str(c.sessions), f"{c.size_kb} KB", *others))
+        out.append((LABELS[c.product], MODE_NAMES[c.mode], str(c.sessions), f"{c.size_kb} KB",
+                    *others))
     return out
 
 
-RATIO_HEADER = ("mode", "sessions", "size", "vs amavisd-new", "vs FuGlu", "vs scanners alone")
+OURS = ("lmtpfilter", "lmtpfilter-uvloop")
+RATIO_HEADER = ("filter", "mode", "sessions", "size", "vs amavisd-new", "vs FuGlu",
+                "vs scanners alone")
 
 # Issue 17's targets: lmtpfilter's msg/s over the better of amavisd-new and FuGlu measured in
 # the same run, by mode; with SpamAssassin also over amavisd-new alone and over spamd driven
@@ -624,7 +623,7 @@ SPAM_TARGETS = (("amavisd", 1.0, "amavisd-new"), ("direct", 0.95, "scanners alon
 CPU_TARGET_MS = 1.4
 RSS_TARGET_MB = 80
 UVLOOP_GAIN = 1.1  # issue 17 item 3: an optional extra only for 10% more msg/s
-TARGET_HEADER = ("target", "mode", "sessions", "size", "measured", "met")
+TARGET_HEADER = ("target", "filter", "mode", "sessions", "size", "measured", "met")
 
 
 def target_rows(cells: list[Cell]) -> list[tuple[str, ...]]:
@@ -634,10 +633,10 @@ def target_rows(cells: list[Cell]) -> list[tuple[str, ...]]:
     out: list[tuple[str, ...]] = []
 
     def add(target: str, c: Cell, measured: str, met: bool) -> None:
-        out.append((target, MODE_NAMES[c.mode], str(c.sessions), f"{c.size_kb} KB", measured,
-                    "yes" if met else "no"))
+        out.append((target, LABELS[c.product], MODE_NAMES[c.mode], str(c.sessions),
+                    f"{c.size_kb} KB", measured, "yes" if met else "no"))
     for c in cells:
-        if c.product != "lmtpfilter":
+        if c.product not in OURS:
             continue
         rivals = [o.rate for name in ("amavisd", "fuglu")
                   if (o := by_key.get((name, c.mode, c.sessions, c.size_kb))) and o.rate]
@@ -655,7 +654,7 @@ def target_rows(cells: list[Cell]) -> list[tuple[str, ...]]:
             add(f"filter CPU <= {CPU_TARGET_MS:g} ms/msg", c, f"{c.cpu_filter_ms:.2f} ms",
                 c.cpu_filter_ms <= CPU_TARGET_MS)
         on_uvloop = by_key.get(("lmtpfilter-uvloop", c.mode, c.sessions, c.size_kb))
-        if on_uvloop and c.rate:
+        if c.product == "lmtpfilter" and on_uvloop and c.rate:
             gain = on_uvloop.rate / c.rate
             add(f"uvloop adopted only at >= {UVLOOP_GAIN:g} x", c, f"{gain:.2f} x",
                 gain >= UVLOOP_GAIN)
@@ -700,7 +699,8 @@ def shared_daemons(base: Path) -> Iterator[Env]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--products", default="lmtpfilter,amavisd,fuglu,direct")
+    parser.add_argument("--products",
+                        default="lmtpfilter,lmtpfilter-uvloop,amavisd,fuglu,direct")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--sessions", default="1,16")
     parser.add_argument("--sizes", default="10,100", help="KB")

@@ -3,7 +3,7 @@
 # the same smtp-source load with the same clamd and spamd; prints one table (bench/compare.py).
 #
 #   usage: bench/compare.sh [--markdown FILE] [--modes none,clamav,full] [--sessions 1,16]
-#                           [--sizes 10,100] [--products lmtpfilter,amavisd,fuglu,direct]
+#                           [--sizes 10,100] [--products lmtpfilter,lmtpfilter-uvloop,amavisd,fuglu,direct]
 #
 # Run as root on Debian 12, from anywhere. It installs what it needs, idempotently: the test
 # suite's Debian packages, amavisd-new (never started as a service: everything runs on

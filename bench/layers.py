@@ -33,7 +33,7 @@ for a core or the GIL, and the shares lean towards where they wait), and the sha
 read while they changed (--nonblocking; the inner frames still decide).
 
     usage: python3 bench/layers.py [--mode none|clamav] [--seconds 20] [--quick] [--keep]
-                                   [--markdown FILE] [--json FILE]
+                                   [--event-loop asyncio|uvloop] [--markdown FILE] [--json FILE]
 
 Needs py-spy (`pip install -e ".[bench]"`), Postfix's smtp-source and smtp-sink, and for
 --mode clamav the packages of scripts/run-tests.sh (clamd). Run it on an idle machine: any other
@@ -304,16 +304,18 @@ def recorded(db: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
 
 
-def start_filter(base: Path, mode: str, sink_port: int, clamd_socket: Path | None
-                 ) -> tuple[subprocess.Popen[bytes], int, Path, Path]:
+def start_filter(base: Path, mode: str, sink_port: int, clamd_socket: Path | None,
+                 event_loop: str = "asyncio") -> tuple[subprocess.Popen[bytes], int, Path, Path]:
     """lmtpfilter as compare.start_lmtpfilter starts it, but with one worker: the serve
-    process itself handles the connections (no supervisor), and that is the one profiled."""
+    process itself handles the connections (no supervisor), and that is the one profiled.
+    On asyncio's loop by default: its dispatch is Python that py-spy sees; uvloop's is C,
+    whose time py-spy gives to the Python frame below it (the callback it ran)."""
     d = base / f"lmtpfilter-{mode}"
     d.mkdir()
     port = free_port()
     config: dict[str, dict[str, object]] = {
         "server": {"listen": [f"127.0.0.1:{port}"], "hostname": "bench.example",
-                   "workers": 1},
+                   "workers": 1, "event_loop": event_loop},
         "downstream": {"address": f"127.0.0.1:{sink_port}", "max_idle_connections": 32},
         "clamav": {"enabled": mode == "clamav"},
         "spamassassin": {"enabled": False},
@@ -376,7 +378,8 @@ def profile_under_load(port: int, worker: int, db: Path, seconds: float, warm_ra
     return t1 - t0, msgs1 - msgs0, cpu1 - cpu0
 
 
-def run(mode: str, seconds: float, quick: bool, raw_dir: Path | None) -> Result:
+def run(mode: str, seconds: float, quick: bool, raw_dir: Path | None,
+        event_loop: str = "asyncio") -> Result:
     base = short_tmpdir("lmtpf-layers-")
     daemons: list[object] = []
     proc: subprocess.Popen[bytes] | None = None
@@ -388,7 +391,7 @@ def run(mode: str, seconds: float, quick: bool, raw_dir: Path | None) -> Result:
         if clamd is not None:
             daemons.append(clamd)
         proc, port, db, log = start_filter(base, mode, sink.port,
-                                           clamd.socket_path if clamd else None)
+                                           clamd.socket_path if clamd else None, event_loop)
         worker = the_worker(proc.pid)
         settle([worker] + ([clamd.pid] if clamd else []))
         warm_count = 200 if quick else 2000
@@ -484,10 +487,13 @@ def main() -> int:
                         help="keep py-spy's raw profile (in the current directory)")
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown here")
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
+    parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="[server] event_loop of the profiled worker")
     args = parser.parse_args()
     seconds = min(args.seconds, 5.0) if args.quick else args.seconds
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {machine()}", flush=True)
-    result = run(args.mode, seconds, args.quick, Path.cwd() if args.keep else None)
+    result = run(args.mode, seconds, args.quick, Path.cwd() if args.keep else None,
+                 args.event_loop)
     text = markdown(result)
     print(text)
     if result.profile:

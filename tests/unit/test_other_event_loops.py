@@ -83,7 +83,7 @@ def test_auto_takes_uvloop_where_it_is_installed_and_asyncio_elsewhere(
     assert event_loop.resolve("auto") == "uvloop"
     assert event_loop.loop_factory("auto") is uvloop.new_event_loop
     assert event_loop.loop_factory("asyncio") is asyncio.new_event_loop
-    monkeypatch.setattr(event_loop.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(event_loop, "uvloop_installed", lambda: False)
     assert event_loop.resolve("auto") == "asyncio"
     assert event_loop.loop_factory("auto") is asyncio.new_event_loop
     # Asked for by name where it is missing: check-config says so, in one line.
