@@ -250,7 +250,7 @@ u.urlopen('http://127.0.0.1:$WEB_PORT/login', timeout=2)" 2> /dev/null && return
 up() {
   install_debian_packages
   mkdir -p "$PREFIX"
-  PYTHON=/usr/bin/python3 make_venv "$PREFIX/venv" --upgrade .
+  PYTHON=/usr/bin/python3 make_venv "$PREFIX/venv" --upgrade ".[uvloop]"  # as install.sh
   ln -sf "$PREFIX/venv/bin/lmtpfilter" /usr/local/bin/lmtpfilter
   ln -sf "$PREFIX/venv/bin/lmtpfilter-janitor" /usr/local/bin/lmtpfilter-janitor
   mkdir -p "$ROOT"

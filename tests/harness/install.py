@@ -28,7 +28,7 @@ def make_service_venv(base: Path) -> Path:
     """install.sh's virtualenv in base/venv, from a copy in base/src; returns its bin/."""
     source = copy_checkout(base / "src")
     subprocess.run(["bash", "-c", 'source scripts/debian-packages.sh && '
-                    'PYTHON=/usr/bin/python3 make_venv "$1" .', "make_venv",
+                    'PYTHON=/usr/bin/python3 make_venv "$1" ".[uvloop]"', "make_venv",
                     str(base / "venv")], cwd=source, check=True, capture_output=True,
                    timeout=600)
     return base / "venv" / "bin"
