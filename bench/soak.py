@@ -858,7 +858,7 @@ def main() -> int:
         "outcomes": dict(a.outcomes), "deferrals": dict(a.deferrals), "phases": a.phases,
         "faults": [asdict(e) for e in faults.events], "fault_errors": faults.errors,
         "injector_failures": inj.failures[:20], "problems": a.problems[:50],
-        "duplicates": a.duplicates[:50], "unexplained_duplicates": a.unexplained_duplicates,
+        "duplicates": a.duplicates[:1000], "unexplained_duplicates": a.unexplained_duplicates,
         "not_planned": a.unplanned[:50],
         "rss": growth, "filter_log_tracebacks": tracebacks, "verdict_rows": verdict_rows,
         # every sample, for a second look at a worker's curve: (seconds into the run, pid, kB)
