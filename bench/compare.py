@@ -50,6 +50,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,9 +63,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from throughput import drive_scanners, render_toml, smtp_source_message, wait_banner  # noqa: E402
 
-from lmtpfilter.clamav import ClamdScanner  # noqa: E402
 from lmtpfilter.config import from_mapping  # noqa: E402
-from lmtpfilter.spamd import SpamdScanner  # noqa: E402
 from tests.harness.daemons import SmtpSink, free_port, short_tmpdir, start_smtp_sink  # noqa: E402
 from tests.harness.scanners import Clamd, Spamd, start_clamd, start_spamd  # noqa: E402
 
@@ -567,12 +566,11 @@ def measure_direct(env: Env, mode: str, sessions: int, size: int, seconds: float
         "spamassassin": {"address": f"127.0.0.1:{env.spamd.port}",
                          "max_size": "1M"},
     })
-    clamd = ClamdScanner(conf.clamav)
-    spamd = SpamdScanner(conf.spamassassin) if mode == "full" else None
-    warm = asyncio.run(drive_scanners(clamd, spamd, sessions, size, max(20, 4 * sessions)))
+    spam = mode == "full"
+    warm = asyncio.run(drive_scanners(conf, True, spam, sessions, size, max(20, 4 * sessions)))
     count = int(min(5000, max(40, warm * seconds)))
     scan0 = cpu_seconds(scanner_roots)
-    rate = asyncio.run(drive_scanners(clamd, spamd, sessions, size, count))
+    rate = asyncio.run(drive_scanners(conf, True, spam, sessions, size, count))
     scan1 = cpu_seconds(scanner_roots)
     nan = float("nan")
     return Cell("direct", mode, sessions, size // 1024, rate, nan, nan, nan,
@@ -717,6 +715,7 @@ def main() -> int:
              for k in args.sizes.split(",")]
     base = short_tmpdir("lmtpf-cmp-")
     cells: list[Cell] = []
+    failed = False
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {machine()}", flush=True)
     try:
         with shared_daemons(base) as env:
@@ -724,6 +723,9 @@ def main() -> int:
             for mode in modes:
                 cells += measure_mode(env, mode, products, loads, args.repeat, args.seconds,
                                       scanner_roots)
+    except Exception:  # the tables of the cells measured so far still come out
+        traceback.print_exc()
+        failed = True
     finally:
         if os.environ.get("KEEP_BENCH_DIR"):
             print(f"kept {base}")
@@ -747,7 +749,7 @@ def main() -> int:
             print_table(RATIO_HEADER, ratio_rows(cells), markdown=True, out=out)
             print("\nTargets (issue 17):\n", file=out)
             print_table(TARGET_HEADER, target_rows(cells), markdown=True, out=out)
-    return 0
+    return 1 if failed else 0
 
 
 def measure_mode(env: Env, mode: str, products: list[str], loads: list[tuple[int, int]],

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lmtpfilter.clamav import ClamdScanner  # noqa: E402
-from lmtpfilter.config import from_mapping  # noqa: E402
+from lmtpfilter.config import Config, from_mapping  # noqa: E402
 from lmtpfilter.scanresult import SpamResult, VirusResult  # noqa: E402
 from lmtpfilter.spamd import SpamdScanner  # noqa: E402
 from tests.harness.daemons import free_port, short_tmpdir, start_smtp_sink  # noqa: E402
@@ -105,9 +105,13 @@ def numbered(message: bytes, n: int) -> bytes:
     return message[:found.start(1)] + unique + message[found.end(1):]
 
 
-async def drive_scanners(clamd: ClamdScanner | None, spamd: SpamdScanner | None,
+async def drive_scanners(conf: Config, clamav: bool, spamassassin: bool,
                          sessions: int, size: int, count: int) -> float:
-    """Messages/s when the scanners are fed directly, `sessions` at a time."""
+    """Messages/s when the scanners are fed directly, `sessions` at a time. The clients are
+    made here, in the running loop: the spamd client's connection slots belong to one loop,
+    and each asyncio.run is a new one."""
+    clamd = ClamdScanner(conf.clamav) if clamav else None
+    spamd = SpamdScanner(conf.spamassassin) if spamassassin else None
     template = smtp_source_message(size)
     queue = iter(range(count))
 
@@ -215,8 +219,6 @@ def run_mode(mode: str, base: Path, sink_port: int, clamd: object, spamd: object
                              "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_banner(port)
-        clamd_scanner = ClamdScanner(conf.clamav) if mode != "none" else None
-        spamd_scanner = SpamdScanner(conf.spamassassin) if mode == "full" else None
         for size in SIZES:
             for sessions in SESSIONS:
                 count = messages if sessions == 16 else messages // 4
@@ -228,7 +230,7 @@ def run_mode(mode: str, base: Path, sink_port: int, clamd: object, spamd: object
                 if mode == "none":
                     limit = smtp_source(sink_port, sessions, size, count)
                 else:
-                    limit = asyncio.run(drive_scanners(clamd_scanner, spamd_scanner,
+                    limit = asyncio.run(drive_scanners(conf, mode != "none", mode == "full",
                                                        sessions, size, count))
                 print(f"{mode:<7} {sessions:>8} {size // 1024:>4}KB {filtered:>13.0f} "
                       f"{limit:>12.0f} {filtered / limit:>6.2f} "
