@@ -9,6 +9,7 @@ import email.policy
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -206,14 +207,21 @@ async def test_spamd_is_asked_only_if_a_recipient_reads_its_verdict(
     assert (b"X-Spam-Score: 3" in copy_of["b@example.org"]) == bool(spamd_calls)
 
 
-class SpamdNeverAnswers:
-    """A spamd whose request waits for a connection until cancelled (spamd busy)."""
+class NeverAnswers:
+    """A scanner (clamd's `scan` or spamd's `check`) whose request waits until cancelled, as
+    one waiting for a connection to a busy daemon does."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.cancelled = 0
 
+    async def scan(self, data: bytes) -> VirusResult:
+        return await self._hang()
+
     async def check(self, data: bytes, envelope_sender: str) -> SpamResult:
+        return await self._hang()
+
+    async def _hang(self) -> NoReturn:
         self.calls += 1
         try:
             await asyncio.Event().wait()
@@ -231,7 +239,7 @@ async def test_spamd_is_not_waited_for_once_the_virus_settles_every_recipient(
         fake: FakeDownstream, destiny: str, caplog: pytest.LogCaptureFixture) -> None:
     """As amavisd-new does not ask SpamAssassin about a virus: clamd's answer fixes every
     recipient's fate, so the spamd request still waiting for a connection is dropped."""
-    spam = SpamdNeverAnswers()
+    spam = NeverAnswers()
     policy = RecipientPolicy().overridden({"virus_destiny": destiny})
     stage = FilterStage(Policies(a=policy, b=policy), Virus(INFECTED), spam, "x")
     caplog.set_level("INFO")
@@ -279,23 +287,10 @@ async def test_database_unavailable_means_4xx_and_nothing_delivered(
     assert fake.transactions == []
 
 
-class ClamdNeverAnswers:
-    def __init__(self) -> None:
-        self.cancelled = 0
-
-    async def scan(self, data: bytes) -> VirusResult:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        raise AssertionError("unreachable")
-
-
 async def test_a_cancelled_scan_cancels_the_scanners_it_started() -> None:
     """A transaction cut short (shutdown, its timeout) leaves no scan running, as gather did
     before spamd's answer could be dropped."""
-    clamd, spamd = ClamdNeverAnswers(), SpamdNeverAnswers()
+    clamd, spamd = NeverAnswers(), NeverAnswers()
     stage = FilterStage(Policies(), clamd, spamd, "x")
     scan = asyncio.ensure_future(stage.scan(HAM, "s@example.net", True, True,
                                             spam_unneeded=lambda _partial: False))
