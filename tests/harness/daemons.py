@@ -227,19 +227,6 @@ def _backdate(paths: Sequence[Path], seconds: float = 10.0) -> None:
 # --------------------------------------------------------------------------- LMTP client
 
 
-
-_MAILDIR_TIME = re.compile(r"(\d+)\.M(\d+)")
-
-
-def _delivery_order(name: str) -> tuple[int, int, str]:
-    """Maildir names start with the delivery time, "<seconds>.M<microseconds>P...", but
-    Dovecot does not pad the microseconds: sorted as text, M99999 would follow M100000 of the
-    same second, and "the newest message" would be the wrong one."""
-    found = _MAILDIR_TIME.match(name)
-    if found is None:
-        return (0, 0, name)
-    return (int(found.group(1)), int(found.group(2)), name)
-
 class _LineReader:
     """Reads CRLF-terminated SMTP/LMTP reply lines from a socket."""
 
@@ -331,6 +318,19 @@ def managesieve_plain_token(authzid: str, authcid: str, password: str) -> str:
 
 
 # --------------------------------------------------------------------------- Dovecot
+
+
+_MAILDIR_TIME = re.compile(r"(\d+)\.M(\d+)")
+
+
+def _delivery_order(name: str) -> tuple[int, int, str]:
+    """Maildir names start with the delivery time, "<seconds>.M<microseconds>P...", but
+    Dovecot does not pad the microseconds: sorted as text, M99999 would follow M100000 of the
+    same second, and "the newest message" would be the wrong one."""
+    found = _MAILDIR_TIME.match(name)
+    if found is None:
+        return (0, 0, name)
+    return (int(found.group(1)), int(found.group(2)), name)
 
 
 @dataclass

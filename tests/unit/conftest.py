@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 import pytest
-import uvloop  # in the test extra
+
+from lmtpfilter.event_loop import loop_factory
 
 # The modules that drive FilterServer over real sockets: what differs between loops is there.
 ON_BOTH_LOOPS = frozenset({
@@ -22,5 +23,5 @@ def pytest_asyncio_loop_factories(
         config: pytest.Config,
         item: pytest.Item) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     if item.module is not None and item.module.__name__ in ON_BOTH_LOOPS:  # type: ignore[attr-defined]
-        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-    return {"asyncio": asyncio.new_event_loop}
+        return {name: loop_factory(name) for name in ("asyncio", "uvloop")}
+    return {"asyncio": loop_factory("asyncio")}
