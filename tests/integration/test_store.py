@@ -224,33 +224,42 @@ def test_timestamps_round_trip_as_utc(db_url: str) -> None:
         store.close()
 
 
+MESSAGES = st.Base.metadata.tables["messages"]
+VERDICTS = st.Base.metadata.tables["recipient_verdicts"]
+WHEN = dt.datetime(2026, 11, 29, 5, 0, 1, 123456, tzinfo=dt.UTC)
+
+
+def message(tx_id: str) -> dict[str, object]:
+    """A `messages` row as verdicts.Recorder makes it."""
+    return dict(id=tx_id, received_at=WHEN, host="h", message_id="<m@x>", sender="",
+                size=10, sha256="0" * 64, subject="Grüße", virus_status="clean",
+                virus_names="", virus_seconds=0.25, spam_status="scored", spam_score=-1.5,
+                spam_rules="A=1", spam_seconds=0.5, scanner_errors="")
+
+
+def verdict(tx_id: str, position: int) -> dict[str, object]:
+    return dict(message_id=tx_id, position=position, address=f"{position}@x",
+                action="deliver", category="clean", reply_code=250,
+                reply_text="250 2.0.0 ok", downstream_reply="250 2.0.0 ok",
+                quarantine_id=None, rule="")
+
+
+def message_ids(store: st.Store) -> list[str]:
+    return store.transaction(
+        lambda s: list(s.scalars(select(st.MessageRecord.id).order_by(st.MessageRecord.id))))
+
+
 async def test_bulk_rows_read_back_like_orm_rows(db_url: str) -> None:
     """The driver-level insert of the verdict path stores what the ORM would have stored."""
     st.upgrade(db_url)
     store = st.Store(db_url)
-    messages = st.Base.metadata.tables["messages"]
-    verdicts = st.Base.metadata.tables["recipient_verdicts"]
-    when = dt.datetime(2026, 11, 29, 5, 0, 1, 123456, tzinfo=dt.UTC)
-
-    def message(tx_id: str) -> dict[str, object]:
-        return dict(id=tx_id, received_at=when, host="h", message_id="<m@x>", sender="",
-                    size=10, sha256="0" * 64, subject="Grüße", virus_status="clean",
-                    virus_names="", virus_seconds=0.25, spam_status="scored", spam_score=-1.5,
-                    spam_rules="A=1", spam_seconds=0.5, scanner_errors="")
-
-    def verdict(tx_id: str, position: int) -> dict[str, object]:
-        return dict(message_id=tx_id, position=position, address=f"{position}@x",
-                    action="deliver", category="clean", reply_code=250,
-                    reply_text="250 2.0.0 ok", downstream_reply="250 2.0.0 ok",
-                    quarantine_id=None, rule="")
-
     try:
-        await store.bulk.insert([(messages, [message("T1"), message("T2")]),
-                                 (verdicts, [verdict("T1", 0), verdict("T1", 1)])])
+        await store.bulk.insert([(MESSAGES, [message("T1"), message("T2")]),
+                                 (VERDICTS, [verdict("T1", 0), verdict("T1", 1)])])
         # A batch that fails (duplicate key) is rolled back whole, and the next one works.
         with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
-            await store.bulk.insert([(messages, [message("T3"), message("T1")])])
-        await store.bulk.insert([(messages, [message("T4")]), (verdicts, [verdict("T4", 0)])])
+            await store.bulk.insert([(MESSAGES, [message("T3"), message("T1")])])
+        await store.bulk.insert([(MESSAGES, [message("T4")]), (VERDICTS, [verdict("T4", 0)])])
 
         def read(s: Session) -> tuple[list[str], st.MessageRecord | None, int]:
             ids = list(s.scalars(select(st.MessageRecord.id).order_by(st.MessageRecord.id)))
@@ -260,7 +269,28 @@ async def test_bulk_rows_read_back_like_orm_rows(db_url: str) -> None:
         ids, row, count = store.transaction(read)
         assert ids == ["T1", "T2", "T4"] and count == 3
         assert row is not None and row.subject == "Grüße" and row.spam_score == -1.5
-        assert row.received_at.replace(tzinfo=row.received_at.tzinfo or dt.UTC) == when
+        assert row.received_at.replace(tzinfo=row.received_at.tzinfo or dt.UTC) == WHEN
+    finally:
+        store.close()
+
+
+async def test_bulk_inserter_reconnects_after_the_server_dropped_its_connection(
+        postgres: Postgres) -> None:
+    """PostgreSQL restarted, or an administrator ended the session: the batch in flight fails
+    (the recorder then answers 4xx for its messages), and the next batch gets a fresh
+    connection instead of failing for ever on the dead one."""
+    name = f"t{next(_names)}"
+    url = postgres.create_database(name)
+    st.upgrade(url)
+    store = st.Store(url)
+    try:
+        await store.bulk.insert([(MESSAGES, [message("R1")]), (VERDICTS, [verdict("R1", 0)])])
+        postgres.psql(name, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        with pytest.raises(Exception, match=r"(?i)terminat|closed|connection"):
+            await store.bulk.insert([(MESSAGES, [message("R2")])])
+        await store.bulk.insert([(MESSAGES, [message("R3")]), (VERDICTS, [verdict("R3", 0)])])
+        assert message_ids(store) == ["R1", "R3"]
     finally:
         store.close()
 
